@@ -1,0 +1,157 @@
+"""The ``changjak`` command: one entry, subcommands that call ``<stage>.main(settings, ...)``.
+
+    changjak demo [--no-serve]
+    changjak data prepare --input PATH... --out DIR
+    changjak train --config configs/qwen2-0.5b/lora-cpu.yaml
+    changjak eval --run-id RUN
+    changjak register --run-id RUN
+    changjak promote [--version N]
+    changjak rollback --reason "..."
+    changjak serve [--host H] [--port P] [--backend NAME]
+
+Every subcommand takes ``--config FILE`` (YAML settings). Failures print one line saying what
+to fix and exit with status 2 (bad input/config) or 1 (anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from changjak.errors import ChangjakError, ConfigError
+
+
+def _settings(args: argparse.Namespace, **overrides: Any):
+    from changjak.settings import Settings
+
+    return Settings.load(args.config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _nested(section: str, **values: Any) -> dict[str, Any] | None:
+    values = {k: v for k, v in values.items() if v is not None}
+    return {section: values} if values else None
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    from changjak.data import prepare
+
+    data = _nested("data", inputs=args.input, out_dir=args.out)
+    settings = _settings(args, **(data or {}))
+    prepare.main(settings)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from changjak.train import lora
+
+    train = _nested("train", max_steps=args.max_steps, resume_from=args.resume_from)
+    lora.main(_settings(args, **(train or {})))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from changjak.eval import run as eval_run
+
+    eval_run.main(_settings(args), run_id=args.run_id)
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from changjak import registry
+
+    registry.register(_settings(args), run_id=args.run_id)
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from changjak import registry
+
+    registry.promote(_settings(args), version=args.version, actor=args.actor, reason=args.reason)
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from changjak import registry
+
+    registry.rollback(_settings(args), actor=args.actor, reason=args.reason)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from changjak import serve
+
+    overrides = _nested("serve", host=args.host, port=args.port, backend=args.backend,
+                        model_uri=args.model_uri)
+    serve.main(_settings(args, **(overrides or {})))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from changjak import demo
+
+    demo.main(_settings(args), serve=not args.no_serve, max_steps=args.max_steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="changjak", description="Korean creative-writing LLMOps loop.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="YAML settings file (env vars CHANGJAK_* override it)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", parents=[common], help="run the whole loop on the bundled sample data")
+    p.add_argument("--no-serve", action="store_true", help="stop after registering the model")
+    p.add_argument("--max-steps", type=int, help="training steps (default: the demo's own)")
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="data stage").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", parents=[common], help="validate, mask, dedupe and split raw data")
+    p.add_argument("--input", nargs="+", help="JSON/JSONL files or directories")
+    p.add_argument("--out", help="output directory")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("train", parents=[common], help="LoRA/QLoRA fine-tune")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--resume-from", help="checkpoint directory, or 'latest'")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate base vs fine-tuned and apply the gate")
+    p.add_argument("--run-id", help="training run to evaluate (default: the latest)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("register", parents=[common], help="register a run's adapter as a model version")
+    p.add_argument("--run-id", help="training run (default: the latest evaluated one)")
+    p.set_defaults(func=cmd_register)
+
+    for name, func, text in (("promote", cmd_promote, "move 'champion' to a version"),
+                             ("rollback", cmd_rollback, "move 'champion' back to the previous one")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        if name == "promote":
+            p.add_argument("--version", help="model version (default: the 'challenger')")
+        p.add_argument("--actor", default=getpass.getuser(), help="who does it (recorded)")
+        p.add_argument("--reason", required=name == "rollback", help="why (recorded)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the OpenAI-compatible API")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--backend", help="inference backend name (transformers, ...)")
+    p.add_argument("--model-uri", help="models:/<name>@<alias> (default: champion)")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except ConfigError as e:
+        print(f"changjak: {e}", file=sys.stderr)
+        return 2
+    except ChangjakError as e:
+        print(f"changjak: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("changjak: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

