@@ -36,56 +36,62 @@ def _nested(section: str, **values: Any) -> dict[str, Any] | None:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
+    settings = _settings(args, **(_nested("data", inputs=args.input, out_dir=args.out) or {}))
     from changjak.data import prepare
 
-    data = _nested("data", inputs=args.input, out_dir=args.out)
-    settings = _settings(args, **(data or {}))
     prepare.main(settings)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    train = _nested("train", max_steps=args.max_steps, resume_from=args.resume_from)
+    settings = _settings(args, **(train or {}))
     from changjak.train import lora
 
-    train = _nested("train", max_steps=args.max_steps, resume_from=args.resume_from)
-    lora.main(_settings(args, **(train or {})))
+    lora.main(settings)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    settings = _settings(args)
     from changjak.eval import run as eval_run
 
-    eval_run.main(_settings(args), run_id=args.run_id)
+    eval_run.main(settings, run_id=args.run_id)
 
 
 def cmd_register(args: argparse.Namespace) -> None:
+    settings = _settings(args)
     from changjak import registry
 
-    registry.register(_settings(args), run_id=args.run_id)
+    registry.register(settings, run_id=args.run_id)
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
+    settings = _settings(args)
     from changjak import registry
 
-    registry.promote(_settings(args), version=args.version, actor=args.actor, reason=args.reason)
+    registry.promote(settings, version=args.version, actor=args.actor, reason=args.reason)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    settings = _settings(args)
     from changjak import registry
 
-    registry.rollback(_settings(args), actor=args.actor, reason=args.reason)
+    registry.rollback(settings, actor=args.actor, reason=args.reason)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from changjak import serve
-
     overrides = _nested("serve", host=args.host, port=args.port, backend=args.backend,
                         model_uri=args.model_uri)
-    serve.main(_settings(args, **(overrides or {})))
+    settings = _settings(args, **(overrides or {}))
+    from changjak import serve
+
+    serve.main(settings)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from changjak import demo
 
-    demo.main(_settings(args), serve=not args.no_serve, max_steps=args.max_steps)
+    settings = demo.load_settings(args.config)
+    demo.main(settings, serve=not args.no_serve, max_steps=args.max_steps)
 
 
 def build_parser() -> argparse.ArgumentParser:

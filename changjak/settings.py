@@ -10,6 +10,7 @@ var and its YAML key.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,7 +28,7 @@ from pydantic_settings import (
 from changjak.errors import ConfigError
 
 ENV_PREFIX = "CHANGJAK_"
-_yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
+_yaml_files: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("yaml_files", default=())
 
 
 class Section(BaseModel):
@@ -149,8 +150,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources = [init_settings, env_settings]
-        if (path := _yaml_file.get()) is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        if paths := _yaml_files.get():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=list(paths), deep_merge=True))
         return tuple(sources)
 
     # Derived locations: one place decides where embedded defaults live.
@@ -183,25 +184,38 @@ class Settings(BaseSettings):
         return self.base_model.cache_dir or self.home / "models"
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
-        """Build settings from a YAML file, the environment and overrides; ConfigError lists all problems."""
-        path = Path(config_file) if config_file else None
-        if path is not None:
-            if not path.is_file():
-                raise ConfigError(f"--config {path}: no such file")
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--config {path}: not valid YAML ({e.__class__.__name__})") from e
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ConfigError(f"--config {path}: must be a mapping of settings")
-        token = _yaml_file.set(path)
+    def load(cls, config_file: str | Path | Sequence[str | Path] | None = None, **overrides: Any) -> Settings:
+        """Build settings from YAML file(s), the environment and overrides.
+
+        Several files are merged in order (later keys win), e.g. the demo's defaults then the
+        user's ``--config``. Raises ConfigError listing every problem at once.
+        """
+        if config_file is None:
+            files: list[Path] = []
+        elif isinstance(config_file, (str, Path)):
+            files = [Path(config_file)]
+        else:
+            files = [Path(f) for f in config_file]
+        for path in files:
+            _check_yaml(path)
+        token = _yaml_files.set(tuple(files))
         try:
             return cls(**overrides)
         except ValidationError as e:
             raise ConfigError([_describe(err) for err in e.errors()]) from None
         finally:
-            _yaml_file.reset(token)
+            _yaml_files.reset(token)
+
+
+def _check_yaml(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e.__class__.__name__})") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: must be a mapping of settings")
 
 
 def _describe(err: Any) -> str:
