@@ -1,0 +1,3 @@
+from changjak.cli import main
+
+raise SystemExit(main())
