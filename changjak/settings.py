@@ -74,6 +74,7 @@ class TrainSettings(Section):
     max_steps: int = -1  # > 0 overrides epochs
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"  # decay after warmup
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(4, ge=1)
     max_seq_length: int = Field(512, ge=16)
