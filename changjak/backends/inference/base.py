@@ -1,0 +1,89 @@
+"""What the server needs from an inference engine: one Protocol, its two dataclasses, and the
+stop-string scanner shared by the backends that decode text themselves.
+
+A backend streams a reply as text deltas and ends with one chunk that carries ``finish_reason``
+and the token counts::
+
+    GenerationChunk("안녕"), GenerationChunk("하세요"), GenerationChunk("", "stop", 12, 3)
+
+Backends are built by name (see ``changjak.backends.inference.create``) through a classmethod
+``load(base_path, adapter_dir=None, *, device, dtype, model_id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)  # never part of the returned text
+    seed: int | None = None  # same seed, same sampled reply (on the same backend and device)
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    text: str = ""
+    finish_reason: FinishReason | None = None  # set on the last chunk only
+    prompt_tokens: int = 0  # the counts are set on the last chunk only
+    completion_tokens: int = 0
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    model_id: str
+
+    def generate(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        """Stream the assistant's reply to ``messages``; closing the iterator stops generation."""
+        ...
+
+    async def ready(self) -> bool:
+        """Whether the backend can answer now (cheap: called by every readiness probe)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop any generation and release the model."""
+        ...
+
+
+class StopScanner:
+    """Cuts a stream of text at the first stop string, even one split across deltas.
+
+    Text that could be the start of a stop string is held back until the next delta shows
+    whether it is; the stop string itself is never returned.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return the text that is safe to emit now, and whether a stop string was reached."""
+        buffer = self.pending + text
+        hits = [i for i in (buffer.find(s) for s in self.stops) if i != -1]
+        if hits:
+            self.pending = ""
+            return buffer[: min(hits)], True
+        held = max((self._partial(buffer, s) for s in self.stops), default=0)
+        self.pending = buffer[len(buffer) - held:] if held else ""
+        return buffer[: len(buffer) - held], False
+
+    def flush(self) -> str:
+        """The held-back text, once the stream has ended without a stop string."""
+        text, self.pending = self.pending, ""
+        return text
+
+    @staticmethod
+    def _partial(buffer: str, stop: str) -> int:
+        """Length of the longest end of ``buffer`` that is a proper start of ``stop``."""
+        for n in range(min(len(stop) - 1, len(buffer)), 0, -1):
+            if buffer.endswith(stop[:n]):
+                return n
+        return 0

@@ -1,0 +1,53 @@
+"""What routes depend on, as ``Annotated`` aliases: the settings and the served model.
+
+The app keeps both on ``app.state`` (set by ``create_app`` and its lifespan), so tests build an
+app with their own settings and backend instead of overriding globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from changjak.backends.inference import InferenceBackend
+from changjak.errors import ServiceUnavailable
+from changjak.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    backend: InferenceBackend
+    version: str | None  # the registry version, when it came from the registry
+    loaded_at: int  # unix time
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    @property
+    def fingerprint(self) -> str | None:
+        """``system_fingerprint`` in responses: which registered version answered."""
+        return f"{self.model_id}-v{self.version}" if self.version else None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-changjak-model-version": self.version} if self.version else {}
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was built with."""
+    return request.app.state.settings
+
+
+def get_served(request: Request) -> ServedModel:
+    """The loaded model; 503 while it is not loaded."""
+    served: ServedModel | None = request.app.state.served
+    if served is None:
+        raise ServiceUnavailable("The model is not loaded yet; retry shortly.", code="model_not_ready")
+    return served
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Served = Annotated[ServedModel, Depends(get_served)]

@@ -1,0 +1,1 @@
+"""One router per resource: ``health`` (probes), ``models`` and ``chat`` (the OpenAI API under /v1)."""
