@@ -5,7 +5,7 @@
     changjak train --config configs/qwen2-0.5b/lora-cpu.yaml
     changjak eval --run-id RUN
     changjak register --run-id RUN
-    changjak promote [--version N]
+    changjak promote [--version N] [--force]
     changjak rollback --reason "..."
     changjak serve [--host H] [--port P] [--backend NAME]
 
@@ -68,7 +68,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     settings = _settings(args)
     from changjak import registry
 
-    registry.promote(settings, version=args.version, actor=args.actor, reason=args.reason)
+    registry.promote(settings, version=args.version, actor=args.actor, reason=args.reason, force=args.force)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         if name == "promote":
             p.add_argument("--version", help="model version (default: the 'challenger')")
+            p.add_argument("--force", action="store_true", help="promote even if its evaluation gate failed (recorded)")
         p.add_argument("--actor", default=getpass.getuser(), help="who does it (recorded)")
         p.add_argument("--reason", required=name == "rollback", help="why (recorded)")
         p.set_defaults(func=func)
