@@ -95,11 +95,15 @@ class GateSettings(Section):
     min_rouge_l: float = Field(0.0, ge=0, le=1)
     min_chrf: float = Field(0.0, ge=0, le=100)
     min_rouge_l_gain: float = -1.0  # finetuned - base; -1 disables
+    # Count a ROUGE-L gain as gain + z x its paired standard error: 0 compares the means; 1.64 fails
+    # only a loss beyond noise (one-sided 95%), which small test splits need (24 samples: SE ~0.014).
+    rouge_l_gain_z: float = Field(0.0, ge=0)
 
 
 class EvalSettings(Section):
     max_samples: int | None = Field(50, ge=1)
     max_new_tokens: int = Field(96, ge=1)
+    repetition_penalty: float = Field(1.0, ge=1.0)  # > 1 discourages greedy loops; applied to base and fine-tuned alike
     batch_size: int = Field(8, ge=1)
     gate: GateSettings = GateSettings()
 

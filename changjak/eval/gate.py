@@ -22,8 +22,13 @@ class GateResult:
     failures: list[str] = field(default_factory=list)
 
 
-def check(base: dict[str, float], finetuned: dict[str, float], gate: GateSettings) -> GateResult:
-    """Compare the fine-tuned scores with the base's and with the absolute floors."""
+def check(base: dict[str, float], finetuned: dict[str, float], gate: GateSettings, *,
+          rouge_l_gain_se: float = 0.0) -> GateResult:
+    """Compare the fine-tuned scores with the base's and with the absolute floors.
+
+    ``rouge_l_gain_se`` is the paired standard error of the ROUGE-L gain; with ``gate.rouge_l_gain_z``
+    the gain is allowed that many standard errors of slack before it fails.
+    """
     for name, scores in (("base", base), ("finetuned", finetuned)):
         missing = [key for key in REQUIRED if key not in scores]
         if missing:
@@ -41,7 +46,9 @@ def check(base: dict[str, float], finetuned: dict[str, float], gate: GateSetting
         failures.append(f"chrF {finetuned['chrf']:.2f} < min_chrf {gate.min_chrf}")
     # ROUGE-L lies in [0, 1], so a gain is never below -1: the default -1 never fails.
     gain = finetuned["rougeL"] - base["rougeL"]
-    if not gain >= gate.min_rouge_l_gain:
-        failures.append(f"ROUGE-L gain {gain:+.4f} (fine-tuned {finetuned['rougeL']:.4f} - base "
+    slack = gate.rouge_l_gain_z * rouge_l_gain_se
+    if not gain + slack >= gate.min_rouge_l_gain:
+        noise = f" + {gate.rouge_l_gain_z} x SE {rouge_l_gain_se:.4f}" if slack else ""
+        failures.append(f"ROUGE-L gain {gain:+.4f}{noise} (fine-tuned {finetuned['rougeL']:.4f} - base "
                         f"{base['rougeL']:.4f}) < min_rouge_l_gain {gate.min_rouge_l_gain}")
     return GateResult(passed=not failures, failures=failures)

@@ -42,18 +42,32 @@ class MorphemeTokenizer:
         return morphemes(text)
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 over the pairs, on morphemes."""
+def rouge_pairs(predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """ROUGE-1/2/L F1 of each pair, on morphemes."""
     from rouge_score.rouge_scorer import RougeScorer
 
     _check_pairs(predictions, references)
     scorer = RougeScorer(list(ROUGE_TYPES), tokenizer=MorphemeTokenizer())
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(reference, prediction)  # rouge-score takes (target, prediction)
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: total / len(predictions) for name, total in totals.items()}
+    pairs = [scorer.score(reference, prediction)  # rouge-score takes (target, prediction)
+             for prediction, reference in zip(predictions, references, strict=True)]
+    return {name: [scores[name].fmeasure for scores in pairs] for name in ROUGE_TYPES}
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 over the pairs, on morphemes."""
+    return {name: sum(values) / len(values) for name, values in rouge_pairs(predictions, references).items()}
+
+
+def paired_standard_error(a: Sequence[float], b: Sequence[float]) -> float:
+    """Standard error of the mean of ``b - a`` over paired samples (0 for fewer than two pairs)."""
+    if len(a) != len(b):
+        raise EvaluationError(f"{len(a)} scores paired with {len(b)}", hint="score the same samples twice")
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        return 0.0
+    mean = sum(diffs) / len(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return math.sqrt(variance / len(diffs))
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -40,6 +40,7 @@ class EvalReport:
     finetuned: dict[str, float]
     gate: GateResult
     n_samples: int
+    rouge_l_gain_se: float = 0.0  # paired standard error of the fine-tuned minus base ROUGE-L
 
 
 def write(report: EvalReport, samples: list[dict[str, Any]], eval_settings: dict[str, Any],
@@ -70,7 +71,9 @@ def markdown(report: EvalReport) -> str:
              "| metric | base | fine-tuned | Δ |", "|---|---:|---:|---:|"]
     lines += [f"| {label} | {base:.4f} | {tuned:.4f} | {delta:+.4f} |" for label, base, tuned, delta, _ in
               _rows(report)]
-    lines += ["", f"**Gate: {'passed' if report.gate.passed else 'failed'}**", ""]
+    lines += ["", f"ROUGE-L gain {report.finetuned['rougeL'] - report.base['rougeL']:+.4f} "
+              f"± {report.rouge_l_gain_se:.4f} (paired standard error).", ""]
+    lines += [f"**Gate: {'passed' if report.gate.passed else 'failed'}**", ""]
     lines += [f"- {failure}" for failure in report.gate.failures]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -71,18 +71,22 @@ def main(settings: Settings, run_id: str | None = None) -> EvalReport:
                for text, (prompt, reference) in zip(prompts, examples, strict=True)]
     outputs: dict[str, list[str]] = {}
     scores: dict[str, dict[str, float]] = {}
+    rouge_l: dict[str, list[float]] = {}
     for variant in VARIANTS:
         with model.disable_adapter() if variant == "base" else nullcontext():
             nll, n_tokens = answer_nll(model, encoded, tokenizer.pad_token_id, settings.eval.batch_size, variant)
             outputs[variant] = generate(model, tokenizer, prompts, settings.eval, variant)
+        pairs = metrics.rouge_pairs(outputs[variant], references)
+        rouge_l[variant] = pairs["rougeL"]
         scores[variant] = {"perplexity": metrics.perplexity(nll, n_tokens),
-                           **metrics.rouge(outputs[variant], references),
+                           **{name: sum(values) / len(values) for name, values in pairs.items()},
                            "bleu": metrics.bleu(outputs[variant], references),
                            "chrf": metrics.chrf(outputs[variant], references)}
 
-    decision = gate.check(scores["base"], scores["finetuned"], settings.eval.gate)
+    gain_se = metrics.paired_standard_error(rouge_l["base"], rouge_l["finetuned"])
+    decision = gate.check(scores["base"], scores["finetuned"], settings.eval.gate, rouge_l_gain_se=gain_se)
     report = EvalReport(run_id=run_id, base=scores["base"], finetuned=scores["finetuned"], gate=decision,
-                        n_samples=len(examples))
+                        n_samples=len(examples), rouge_l_gain_se=gain_se)
     samples = [{"id": record["id"], "prompt": prompt, "reference": reference, "base": base_out,
                 "finetuned": tuned_out}
                for record, (prompt, reference), base_out, tuned_out in zip(
@@ -178,7 +182,7 @@ def answer_nll(model: Any, encoded: list[dict[str, list[int]]], pad_token_id: in
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], cfg: EvalSettings, variant: str) -> list[str]:
-    """Greedy replies to the rendered prompts, in left-padded batches."""
+    """Greedy replies to the rendered prompts, in left-padded batches, with ``cfg.repetition_penalty``."""
     import torch
 
     eos = model.generation_config.eos_token_id
@@ -188,9 +192,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], cfg: EvalSettings, 
         batch = tokenizer(prompts[start:start + cfg.batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=False).to(model.device)
         with torch.inference_mode():
-            # repetition_penalty=1.0 overrides a model default (Qwen's is 1.05): greedy means greedy.
+            # passed explicitly so a model's own default (Qwen's is 1.05) never differs between variants
             out = model.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=False,
-                                 repetition_penalty=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
+                                 repetition_penalty=cfg.repetition_penalty, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         replies += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return replies
@@ -207,6 +211,7 @@ def _log(client: MlflowClient, report: EvalReport, out_dir: Path) -> None:
               for variant, scores in (("base", report.base), ("finetuned", report.finetuned))
               for name, value in scores.items()}
     values["eval.n_samples"] = report.n_samples
+    values["eval.rougeL_gain_se"] = report.rouge_l_gain_se
     client.log_batch(report.run_id, metrics=[Metric(key, float(value), now, 0) for key, value in values.items()],
                      tags=[RunTag(PASSED_TAG, str(report.gate.passed).lower())])
     client.log_artifacts(report.run_id, str(out_dir), artifact_path="eval")

@@ -56,3 +56,12 @@ def test_a_nan_or_infinite_perplexity_fails() -> None:
 def test_missing_scores_are_an_error() -> None:
     with pytest.raises(EvaluationError, match="finetuned scores lack chrf"):
         check(BASE, {"perplexity": 1.0, "rougeL": 0.1}, GateSettings())
+
+
+def test_a_rouge_l_loss_within_noise_passes_only_with_z() -> None:
+    tuned = {**BASE, "rougeL": 0.19}  # a loss of 0.01
+    gate = GateSettings(min_rouge_l_gain=0.0, rouge_l_gain_z=1.64)
+    assert not check(BASE, tuned, GateSettings(min_rouge_l_gain=0.0), rouge_l_gain_se=0.02).passed
+    assert check(BASE, tuned, gate, rouge_l_gain_se=0.02).passed  # -0.01 + 1.64 x 0.02 >= 0
+    (failure,) = check(BASE, tuned, gate, rouge_l_gain_se=0.005).failures  # -0.01 + 0.0082 < 0
+    assert "+ 1.64 x SE 0.0050" in failure

@@ -72,3 +72,19 @@ def test_mismatched_or_empty_inputs_are_refused(scorer) -> None:
         scorer(["a", "b"], ["a"])
     with pytest.raises(EvaluationError, match="nothing to score"):
         scorer([], [])
+
+
+def test_rouge_pairs_average_to_rouge() -> None:
+    predictions, references = ["비가 내리는 밤이었다.", "고양이가 잔다."], ["비가 내리는 밤이다.", "개가 짖는다."]
+    pairs = metrics.rouge_pairs(predictions, references)
+    assert len(pairs["rougeL"]) == 2 and pairs["rougeL"][0] > pairs["rougeL"][1]
+    assert metrics.rouge(predictions, references)["rougeL"] == pytest.approx(sum(pairs["rougeL"]) / 2)
+
+
+def test_paired_standard_error() -> None:
+    assert metrics.paired_standard_error([0.1, 0.2, 0.3], [0.2, 0.3, 0.4]) == pytest.approx(0.0)  # a constant gain
+    # diffs 0, 0.2: sd 0.1414, se 0.1
+    assert metrics.paired_standard_error([0.5, 0.1], [0.5, 0.3]) == pytest.approx(0.1)
+    assert metrics.paired_standard_error([0.5], [0.1]) == 0.0
+    with pytest.raises(EvaluationError):
+        metrics.paired_standard_error([0.1], [0.1, 0.2])

@@ -85,6 +85,9 @@ def test_eval_compares_base_and_finetuned_and_logs_to_the_run(eval_settings: Set
     tuned = [s["finetuned"] for s in samples]
     assert report.finetuned["rougeL"] == pytest.approx(metrics.rouge(tuned, refs)["rougeL"])
     assert report.base["chrf"] == pytest.approx(metrics.chrf([s["base"] for s in samples], refs))
+    expected_se = metrics.paired_standard_error(metrics.rouge_pairs([s["base"] for s in samples], refs)["rougeL"],
+                                                metrics.rouge_pairs(tuned, refs)["rougeL"])
+    assert report.rouge_l_gain_se == pytest.approx(expected_se)
 
     # The run carries the scores, the decision and the report.
     logged = client.get_run(trained.run_id).data
@@ -92,6 +95,7 @@ def test_eval_compares_base_and_finetuned_and_logs_to_the_run(eval_settings: Set
         for name, value in getattr(report, variant).items():
             assert logged.metrics[f"eval.{variant}.{name}"] == pytest.approx(value)
     assert logged.tags["changjak.eval.passed"] == "true"
+    assert logged.metrics["eval.rougeL_gain_se"] == pytest.approx(report.rouge_l_gain_se)
     document = json.loads((local / "report.json").read_text(encoding="utf-8"))
     assert document["gate"] == {"passed": True, "failures": []}
     assert document["eval_settings"]["max_samples"] == 4
