@@ -1,7 +1,5 @@
 import hashlib
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,26 +8,7 @@ from changjak.errors import ConfigError, DataError
 from changjak.safety import embed, train_hate
 from changjak.safety.embed import EMBED_FILE, HashingEmbedder
 from changjak.safety.hate import CARD_FILE, MODEL_FILE, HateClassifier, ensure_model, features
-
-DATA = Path(os.environ.get("CHANGJAK_SAFETY_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-BEEP = DATA / train_hate.BEEP_DIR
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    if not (BEEP / "train.tsv").is_file():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"BEEP! data missing at {BEEP} under CI=true")
-        pytest.skip(f"BEEP! data not at {BEEP} (set CHANGJAK_SAFETY_DATA)")
-    return DATA
-
-
-@pytest.fixture(scope="module")
-def model_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real classifier, trained on all of BEEP! train (about 3 s)."""
-    out = tmp_path_factory.mktemp("hate")
-    train_hate.train(data_dir, out)
-    return out
+from tests.safety.conftest import BEEP
 
 
 def test_training_writes_a_model_and_its_card(model_dir, data_dir):
