@@ -4,7 +4,8 @@ Moves the ``champion`` alias (what serving loads) and records every move: who, w
 from which version.
 
 - ``promote`` takes the ``challenger`` by default and refuses a version whose evaluation gate
-  did not pass, unless forced (the override is recorded too).
+  did not pass, or whose bias gate (``changjak eval --suite bias``) failed, unless forced (the
+  override is recorded too).
 - ``rollback`` moves the champion back to the one it replaced.
 
 Records live in the registry itself, beside the aliases they explain: on the registered model,
@@ -51,6 +52,10 @@ def promote(settings: Settings, version: str | int | None = None, *, actor: str 
     version, gate = str(found.version), found.tags.get("gate_passed", "not evaluated")
     if gate != "true" and not force:
         raise RegistryError(f"{name} v{version} did not pass the evaluation gate (gate_passed: {gate})",
+                            hint=f"promote a version that passed, or override with "
+                                 f"`changjak promote --version {version} --force --reason \"...\"`")
+    if found.tags.get("bias_passed") == "false" and not force:  # not probed yet does not block
+        raise RegistryError(f"{name} v{version} failed the bias gate (bias_passed: false)",
                             hint=f"promote a version that passed, or override with "
                                  f"`changjak promote --version {version} --force --reason \"...\"`")
     previous = _alias(model, CHAMPION)

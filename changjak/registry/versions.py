@@ -2,8 +2,8 @@
 
 Registers a training run's ``adapter/`` artifact as a new version of ``settings.model_name`` and
 points the ``challenger`` alias at it. The version carries its lineage as tags (run, dataset
-hash, base model source and hash) and its evaluation (every ``eval.*`` metric of the run and
-``gate_passed``), so promotion and serving never have to go back to the run to decide.
+hash, base model source and hash) and its evaluation (every ``eval.*`` metric of the run,
+``gate_passed`` and ``bias_passed``), so promotion and serving never have to go back to the run to decide.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def lineage_tags(run: Run) -> dict[str, str]:
         "base_model_source": tags.get("changjak.base_model.source", ""),
         "base_model_sha256": tags.get("changjak.base_model.sha256", ""),
         "gate_passed": tags.get("changjak.eval.passed", "not evaluated"),
+        "bias_passed": tags.get("changjak.eval.bias_passed", "not evaluated"),  # eval --suite bias
     }
     scores = {key: f"{value:.6g}" for key, value in sorted(run.data.metrics.items()) if key.startswith("eval.")}
     return {**lineage, **scores}
