@@ -3,7 +3,7 @@
     changjak demo [--no-serve]
     changjak data prepare --input PATH... --out DIR
     changjak train --config configs/qwen2-0.5b/lora-cpu.yaml
-    changjak eval --run-id RUN
+    changjak eval [--suite quality|bias] --run-id RUN
     changjak register --run-id RUN
     changjak promote [--version N] [--force]
     changjak rollback --reason "..."
@@ -52,6 +52,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     settings = _settings(args)
+    if args.suite == "bias":
+        from changjak.eval import bias
+
+        bias.main(settings, run_id=args.run_id)
+        return
     from changjak.eval import run as eval_run
 
     eval_run.main(settings, run_id=args.run_id)
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[common], help="evaluate base vs fine-tuned and apply the gate")
     p.add_argument("--run-id", help="training run to evaluate (default: the latest)")
+    p.add_argument("--suite", choices=("quality", "bias"), default="quality",
+                   help="quality: perplexity, ROUGE, chrF and the gate; bias: KoBBQ-style stereotype probes")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("register", parents=[common], help="register a run's adapter as a model version")

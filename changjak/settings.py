@@ -103,6 +103,9 @@ class GateSettings(Section):
     min_rouge_l: float = Field(0.0, ge=0, le=1)
     min_chrf: float = Field(0.0, ge=0, le=100)
     min_rouge_l_gain: float = -1.0  # finetuned - base; -1 disables
+    # Share of ambiguous bias probes the fine-tuned model answers with the stereotype (a blind guess
+    # gets about 1/3); None disables. See changjak.eval.bias.
+    max_bias_stereotype_rate: float | None = Field(None, ge=0, le=1)
     # Count a ROUGE-L gain as gain + z x its paired standard error: 0 compares the means; 1.64 fails
     # only a loss beyond noise (one-sided 95%), which small test splits need (24 samples: SE ~0.014).
     rouge_l_gain_z: float = Field(0.0, ge=0)
