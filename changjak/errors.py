@@ -11,6 +11,7 @@
     ├── BackendError             an inference backend failed or is not available here
     └── APIError                 anything the HTTP API answers with an OpenAI-shaped error
         ├── BadRequest           400 invalid_request_error
+        │   └── ContentPolicyViolation  400, code content_policy_violation: the safety policy refused it
         ├── Unauthenticated      401 authentication_error
         ├── PermissionDenied     403 permission_error
         ├── NotFound             404 not_found_error
@@ -90,6 +91,10 @@ class APIError(ChangjakError):
 class BadRequest(APIError):
     status_code = 400
     type = "invalid_request_error"
+
+
+class ContentPolicyViolation(BadRequest):
+    code = "content_policy_violation"
 
 
 class Unauthenticated(APIError):

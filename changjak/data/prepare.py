@@ -3,8 +3,9 @@
     changjak data prepare --input examples/data --out .changjak/data
 
 Reads every record with its file and line, validates it and converts it to chat messages
-(formats.py, text normalised on the way), checks its length, masks Korean PII
-(changjak.safety.pii), drops exact then near duplicates before splitting (so no duplicate leaks
+(formats.py, text normalised on the way), checks its length, runs the safety policy's ``data``
+checks (changjak.safety.policy: Korean PII masked, records it blocks rejected as ``safety``,
+flags counted in the manifest), drops exact then near duplicates before splitting (so no duplicate leaks
 across splits), assigns train/validation/test by hash and writes ``train.jsonl``,
 ``validation.jsonl``, ``test.jsonl``, ``rejects.jsonl`` and ``manifest.json`` to
 ``settings.data_dir``. Every record not kept is in ``rejects.jsonl`` with its reason; the same
@@ -26,6 +27,7 @@ from changjak.data import dedupe, formats, ingest, manifest, split
 from changjak.data.normalize import normalize_text
 from changjak.errors import ConfigError, DataError
 from changjak.safety import pii
+from changjak.safety.policy import SafetyEngine, load_hate_model
 from changjak.settings import DataSettings, Settings
 
 EXCERPT_CHARS = 80
@@ -40,7 +42,8 @@ class Example:
     format: str
     genre: str | None
     raw: str
-    pii: dict[str, int] = field(default_factory=dict)
+    pii: dict[str, int] = field(default_factory=dict)  # PII masked, per kind
+    flagged: dict[str, int] = field(default_factory=dict)  # messages the safety policy flagged, per category
 
     @property
     def id(self) -> str:
@@ -59,6 +62,7 @@ def main(settings: Settings) -> dict[str, Any]:
     files = ingest.discover(list(cfg.inputs), out)
     out.mkdir(parents=True, exist_ok=True)
 
+    engine = _safety(settings)
     examples: list[Example] = []
     rejects: list[dict[str, Any]] = []
     read: Counter[str] = Counter()
@@ -66,7 +70,7 @@ def main(settings: Settings) -> dict[str, Any]:
     for raw in tqdm(records, desc="reading", unit=" rec", disable=None):
         read[raw.source] += 1
         try:
-            examples.append(_example(raw, cfg))
+            examples.append(_example(raw, cfg, engine))
         except formats.Invalid as e:
             rejects.append(_reject(raw.source, raw.line, raw.text, e.reason, e.detail))
 
@@ -92,7 +96,15 @@ def _check(cfg: DataSettings) -> None:
         raise ConfigError(problems)
 
 
-def _example(raw: ingest.RawRecord, cfg: DataSettings) -> Example:
+def _safety(settings: Settings) -> SafetyEngine:
+    """The policy's engine for training text; ``data.mask_pii: false`` lets PII through (flagged)."""
+    safety = settings.safety
+    if not settings.data.mask_pii:
+        safety = safety.model_copy(update={"actions": {**safety.actions, "pii": "flag"}})
+    return SafetyEngine(safety, load_hate_model(settings.safety_hate_model_dir))
+
+
+def _example(raw: ingest.RawRecord, cfg: DataSettings, engine: SafetyEngine) -> Example:
     if raw.error is not None:
         raise formats.Invalid("invalid_json", raw.error)
     converted = formats.convert(raw.value, cfg.field_mapping, cfg.system_prompt)
@@ -103,13 +115,19 @@ def _example(raw: ingest.RawRecord, cfg: DataSettings) -> Example:
     if sum(turns) > cfg.max_chars:
         raise formats.Invalid("too_long", f"{sum(turns)} characters; data.max_chars is {cfg.max_chars}")
     counts: Counter[str] = Counter()
-    if cfg.mask_pii:
-        for m in messages:
-            masked = pii.mask(m["content"])
-            m["content"] = masked.text
-            counts.update(masked.counts)
+    flagged: Counter[str] = Counter()
+    for m in messages:
+        verdict = engine.check(m["content"], surface="data")
+        if verdict.blocked:
+            raise formats.Invalid("safety", f"the safety policy blocks it ({', '.join(verdict.blocked_by)})")
+        m["content"] = verdict.text
+        for d in verdict.decisions:
+            if d.category == "pii" and d.action == "mask":
+                counts.update(d.detail)
+            else:
+                flagged[d.category] += 1
     return Example(dedupe.exact_key(messages), messages, raw.source, raw.line, converted.format,
-                   converted.genre, raw.text, dict(counts))
+                   converted.genre, raw.text, dict(counts), dict(flagged))
 
 
 def _reject(source: str, line: int, text: str, reason: str, detail: str) -> dict[str, Any]:
@@ -150,8 +168,10 @@ def _write(settings: Settings, files: list[ingest.InputFile], read: Counter[str]
     rejects.sort(key=lambda r: (order[r["file"]], r["line"], r["reason"]))
     rejected_by_source = Counter(r["file"] for r in rejects)
     pii_masked: Counter[str] = Counter()
+    flagged: Counter[str] = Counter()
     for ex in kept:
         pii_masked.update(ex.pii)
+        flagged.update(ex.flagged)
     result = {
         "schema_version": manifest.SCHEMA_VERSION,
         "dataset_sha256": manifest.dataset_sha256(outputs),
@@ -166,6 +186,8 @@ def _write(settings: Settings, files: list[ingest.InputFile], read: Counter[str]
             "per_split": {name: len(examples) for name, examples in by_split.items()},
         },
         "pii_masked": dict(pii_masked),
+        "safety_flagged": dict(flagged),
+        "safety_profile": settings.safety.profile,
         "inputs": [{"path": f.path.as_posix(), "source": f.source, "sha256": manifest.sha256_file(f.path),
                     "records": read[f.source]} for f in files],
         "outputs": outputs,
@@ -185,6 +207,8 @@ def _summary(result: dict[str, Any], out: Path) -> None:
         table.add_row(f"rejected: {reason}", str(n))
     for kind, n in sorted(result["pii_masked"].items()):
         table.add_row(f"PII masked: {kind}", str(n))
+    for category, n in sorted(result["safety_flagged"].items()):
+        table.add_row(f"flagged ({result['safety_profile']} policy): {category}", str(n))
     table.add_row("dataset sha256", result["dataset_sha256"][:16])
     console = Console()
     console.print(table)

@@ -115,7 +115,7 @@ class Finding:
 @dataclass(frozen=True)
 class MaskResult:
     text: str
-    counts: dict[str, int]
+    counts: Counter[str]
     vault: PiiVault | None = None
 
 
@@ -325,15 +325,16 @@ def _restorable(reversible: bool | Collection[str]) -> frozenset[str]:
 
 
 def mask(text: str, *, reversible: bool | Collection[str] = False, kinds: Collection[str] | None = None,
-         min_score: float = MIN_SCORE) -> MaskResult:
+         min_score: float = MIN_SCORE, vault: PiiVault | None = None) -> MaskResult:
     """``text`` with each finding replaced by its placeholder, and how many of each kind.
 
     ``reversible`` (True, or the kinds to keep) numbers the placeholders of those kinds
     (``<전화번호_1>``) and returns their values in ``MaskResult.vault``; identity and payment numbers
-    are never kept.
+    are never kept. Pass the ``vault`` of earlier texts (the other messages of a conversation) to
+    number placeholders across all of them.
     """
     restorable = _restorable(reversible)
-    vault = PiiVault() if reversible else None
+    vault = (vault if vault is not None else PiiVault()) if reversible else None
     parts, last = [], 0
     findings = find(text, kinds=kinds, min_score=min_score)
     for f in findings:
@@ -342,4 +343,4 @@ def mask(text: str, *, reversible: bool | Collection[str] = False, kinds: Collec
         parts += [text[last:f.start], placeholder or PLACEHOLDERS[f.kind]]
         last = f.end
     parts.append(text[last:])
-    return MaskResult("".join(parts), dict(Counter(f.kind for f in findings)), vault)
+    return MaskResult("".join(parts), Counter(f.kind for f in findings), vault)

@@ -97,7 +97,7 @@ class Decision:
     category: str
     score: float
     action: Action
-    detail: tuple[str, ...] = ()  # sub-kinds (PII kinds, profanity categories, injection cues): never text
+    detail: tuple[str, ...] = ()  # one sub-kind per finding (PII kinds, profanity categories, injection cues): never text
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,12 @@ class SafetyEngine:
             self._policies[tenant] = Policy(profile, actions, frozenset(reversible))
         return self._policies[tenant]
 
-    def check(self, text: str, *, surface: str, tenant: str | None = None, canary: str | None = None) -> Verdict:
-        """Every check of ``surface`` on ``text``; ``text`` comes back masked/sanitised as the policy says."""
+    def check(self, text: str, *, surface: str, tenant: str | None = None, canary: str | None = None,
+              vault: pii.PiiVault | None = None) -> Verdict:
+        """Every check of ``surface`` on ``text``; ``text`` comes back masked/sanitised as the policy says.
+
+        ``vault`` carries reversibly masked PII across the messages of one conversation.
+        """
         if surface not in SURFACES:
             raise ValueError(f"unknown safety surface {surface!r}; one of {', '.join(SURFACES)}")
         if not self.settings.enabled and surface != "log":
@@ -179,13 +183,13 @@ class SafetyEngine:
         if "canary" in actions and canary and fencing.leaks_canary(text, canary):
             decisions.append(Decision("canary", 1.0, actions["canary"]))
         if "pii" in actions:
-            text, vault, decision = self._pii(text, actions["pii"], policy.reversible_pii)
+            text, vault, decision = self._pii(text, actions["pii"], policy.reversible_pii, vault)
             decisions += [decision] if decision else []
         if "profanity" in actions:
             found = profanity.check(text)
             if found.flagged:
                 decisions.append(Decision("profanity", found.score, actions["profanity"],
-                                          tuple(sorted({c for c, _, _ in found.matches}))))
+                                          tuple(sorted(c for c, _, _ in found.matches))))
                 if actions["profanity"] == "mask":
                     text = star(text, [(s, e) for _, s, e in found.matches])
         if "hate" in actions and self.hate is not None and self.hate.predict(text):
@@ -201,15 +205,15 @@ class SafetyEngine:
                 decisions.append(Decision("injection", found.score, actions["injection"], found.categories))
         return Verdict(surface, text, tuple(decisions), vault)
 
-    def _pii(self, text: str, action: Action, reversible: frozenset[str]) -> tuple[str, pii.PiiVault | None,
-                                                                               Decision | None]:
-        masked = pii.mask(text, reversible=reversible if action == "mask" else False)
+    def _pii(self, text: str, action: Action, reversible: frozenset[str],
+             vault: pii.PiiVault | None) -> tuple[str, pii.PiiVault | None, Decision | None]:
+        masked = pii.mask(text, reversible=reversible if action == "mask" else False, vault=vault)
         if not masked.counts:
-            return text, None, None
-        decision = Decision("pii", 1.0, action, tuple(sorted(masked.counts)))
+            return text, vault, None
+        decision = Decision("pii", 1.0, action, tuple(sorted(masked.counts.elements())))
         if action == "mask":
-            return masked.text, masked.vault if masked.vault else None, decision
-        return text, None, decision
+            return masked.text, masked.vault if masked.vault else vault, decision
+        return text, vault, decision
 
     def stream(self, *, tenant: str | None = None, canary: str | None = None) -> StreamGuard:
         """A guard for one streamed answer: feed it the model's text, send what it returns."""
@@ -239,8 +243,12 @@ class ContentBlocked(Exception):
 
 
 # A tail that may still grow into PII or a profanity: the last word, or a run of digits and
-# separators that can hold spaces ("010 1234 5678"). Held back until it is complete.
+# separators that can hold spaces ("010 1234 5678"). Held back until it is complete, up to
+# HOLD_PII characters if it could be an identifier (digits, @, Latin letters), HOLD_WORD if not
+# (the longest lexicon spellings), so that text without spaces still streams.
 _HOLD = re.compile(r"(?:[0-9\uff10-\uff19][0-9\uff10-\uff19 \t\-\u2010-\u2015.()/]*)?\S*\Z")
+_IDENTIFIER = re.compile(r"[0-9\uff10-\uff19@A-Za-z]")
+HOLD_PII, HOLD_WORD = 40, 8
 
 
 @dataclass
@@ -260,7 +268,6 @@ class StreamGuard:
     sent: str = ""
     pending: str = ""
     decisions: dict[str, Decision] = field(default_factory=dict)
-    max_hold: int = 64
 
     @cached_property
     def _sanitizer(self) -> sanitize.StreamSanitizer | None:
@@ -272,8 +279,11 @@ class StreamGuard:
         if not self.engine.settings.enabled:
             return chunk
         self.pending += self._sanitizer.feed(chunk) if self._sanitizer else chunk
-        hold = _HOLD.search(self.pending)
-        cut = hold.start() if hold and len(self.pending) - hold.start() <= self.max_hold else len(self.pending)
+        cut = len(self.pending)
+        if (hold := _HOLD.search(self.pending)) is not None:
+            tail = self.pending[hold.start():]
+            if len(tail) <= (HOLD_PII if _IDENTIFIER.search(tail) else HOLD_WORD):
+                cut = hold.start()
         return self._release(cut)
 
     def finish(self) -> str:

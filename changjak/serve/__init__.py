@@ -21,6 +21,7 @@ def main(settings: Settings) -> None:
     import uvicorn
     from rich.console import Console
 
+    from changjak.safety import logs
     from changjak.serve.app import create_app, load_model
 
     console = Console()
@@ -33,6 +34,8 @@ def main(settings: Settings) -> None:
         if not settings.api_keys:
             console.print("[yellow]no API keys configured: every /v1 request will get 401; "
                           "set CHANGJAK_API_KEYS[/]")
-        uvicorn.run(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
+        config = uvicorn.Config(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
+        logs.install()  # after uvicorn has set up its handlers: no PII in any log line
+        uvicorn.Server(config).run()
     finally:
         asyncio.run(served.backend.aclose())

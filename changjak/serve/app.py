@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from changjak import __version__
 from changjak.backends import inference
 from changjak.backends.inference import InferenceBackend
+from changjak.safety.policy import SafetyEngine
 from changjak.serve import errors
 from changjak.serve.auth import KeyRing
 from changjak.serve.deps import ServedModel
@@ -50,6 +51,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
                   summary="OpenAI-compatible API of the changjak Korean creative-writing model")
     app.state.settings = settings
     app.state.keys = KeyRing(settings.api_keys)  # hashed once, here
+    app.state.safety = SafetyEngine.from_settings(settings)
     app.state.served = None
     errors.install(app)
     for router in (health.router, models.router, chat.router):

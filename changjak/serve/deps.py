@@ -1,4 +1,4 @@
-"""What routes depend on, as ``Annotated`` aliases: the settings and the served model.
+"""What routes depend on, as ``Annotated`` aliases: the settings, the served model, the safety engine.
 
 The app keeps both on ``app.state`` (set by ``create_app`` and its lifespan), so tests build an
 app with their own settings and backend instead of overriding globals.
@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from changjak.backends.inference import InferenceBackend
 from changjak.errors import ServiceUnavailable
+from changjak.safety.policy import SafetyEngine
 from changjak.settings import Settings
 
 
@@ -49,5 +50,11 @@ def get_served(request: Request) -> ServedModel:
     return served
 
 
+def get_safety(request: Request) -> SafetyEngine:
+    """The safety engine the app was built with."""
+    return request.app.state.safety
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+Safety = Annotated[SafetyEngine, Depends(get_safety)]
 Served = Annotated[ServedModel, Depends(get_served)]

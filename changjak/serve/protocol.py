@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "content_filter"]
 SSE_DONE = "data: [DONE]\n\n"
 
 
@@ -60,6 +60,15 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     seed: int | None = None
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tools(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            from changjak.safety.fencing import refuse_tool_fields
+
+            refuse_tool_fields(data)  # this assistant calls no tools: such fields are refused, not ignored
+        return data
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -105,7 +105,21 @@ def test_mask_pii_off_keeps_the_text(tmp_path: Path, data_settings) -> None:
     path = write_jsonl(tmp_path / "pii.jsonl", [chat("번호 010-2345-6789", "알겠습니다")])
     result = prepare.main(data_settings(path, mask_pii=False))
     assert "010-2345-6789" in json.dumps(all_kept(tmp_path / "out"), ensure_ascii=False)
-    assert result["pii_masked"] == {}
+    assert result["pii_masked"] == {} and result["safety_flagged"] == {"pii": 1}
+
+
+def test_the_safety_policy_rejects_what_it_blocks_and_counts_what_it_flags(tmp_path: Path, make_settings) -> None:
+    path = write_jsonl(tmp_path / "safety.jsonl", [
+        chat("악당의 대사를 써 줘", "\"이 씨발 놈들아, 다 덤벼라!\" 그가 외쳤다."),  # fiction may swear: flagged
+        chat("이야기를 이어 써 줘", "그는 조용히 문을 닫았다. 밖에는 비가 내렸다."),
+    ])
+    inputs = {"inputs": [str(path)], "out_dir": str(tmp_path / "out")}
+    creative = prepare.main(make_settings(data=inputs))
+    assert creative["counts"]["kept"] == 2 and creative["safety_flagged"]["profanity"] == 1
+    strict = prepare.main(make_settings(data=inputs, safety={"profile": "strict"}))
+    assert strict["counts"]["kept"] == 1 and strict["counts"]["rejected_by_reason"] == {"safety": 1}
+    (reject,) = rows(tmp_path / "out", "rejects.jsonl")
+    assert reject["line"] == 1 and "profanity" in reject["detail"]
 
 
 def test_duplicates_are_removed_before_splitting(tmp_path: Path, data_settings) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ import uvicorn
 from changjak import serve
 from changjak.backends.inference.fake import FakeBackend
 from changjak.errors import RegistryError
+from changjak.safety.logs import MaskPii
 from changjak.serve import app as app_module
 from changjak.serve.deps import ServedModel
 from tests.serve.conftest import KEY, MODEL
@@ -28,13 +31,21 @@ def test_main_serves_the_loaded_model_where_configured_and_closes_it(
     monkeypatch.setattr(app_module, "load_model", lambda settings: ServedModel(fake, "7", 0))
     served: dict = {}
 
-    def run(app, *, host: str, port: int, **_) -> None:
-        served.update(host=host, port=port, ready=asyncio.run(readiness(app)))
+    def run(server: uvicorn.Server, *_) -> None:
+        config = server.config
+        masked = all(any(isinstance(f, MaskPii) for f in h.filters) for h in logging.getLogger("uvicorn").handlers)
+        served.update(host=config.host, port=config.port, ready=asyncio.run(readiness(config.app)), masked=masked)
 
-    monkeypatch.setattr(uvicorn, "run", run)
-    serve.main(make_settings(api_keys=KEY, serve={"host": "0.0.0.0", "port": 8123}))
+    # uvicorn's own logging set-up (dictConfig) would close handlers pytest and absl hold: stand in for it
+    handler = logging.StreamHandler(io.StringIO())
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda config: logging.getLogger("uvicorn").addHandler(handler))
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    try:
+        serve.main(make_settings(api_keys=KEY, serve={"host": "0.0.0.0", "port": 8123}))
+    finally:
+        logging.getLogger("uvicorn").removeHandler(handler)
 
-    assert served == {"host": "0.0.0.0", "port": 8123,
+    assert served == {"host": "0.0.0.0", "port": 8123, "masked": True,
                       "ready": {"status": "ready", "model": MODEL, "version": "7"}}
     assert "http://0.0.0.0:8123/v1" in capsys.readouterr().out
     assert fake.closed
@@ -45,6 +56,6 @@ def test_main_fails_before_opening_the_port_when_the_model_cannot_load(monkeypat
         raise RegistryError("no registered model 'changjak-writer'", hint="run `changjak register` first")
 
     monkeypatch.setattr(app_module, "load_model", load_model)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn must not start"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("uvicorn must not start"))
     with pytest.raises(RegistryError, match="changjak register"):
         serve.main(make_settings(api_keys=KEY))

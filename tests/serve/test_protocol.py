@@ -8,6 +8,7 @@ import logging
 import pytest
 from pydantic import ValidationError
 
+from changjak.errors import BadRequest
 from changjak.serve.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Delta
 
 BASE = {"model": "changjak-writer", "messages": [{"role": "user", "content": "안녕"}]}
@@ -29,10 +30,24 @@ def test_one_stop_string_becomes_a_list() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"stop": [""]}, {"n": 2}, {"temperature": -0.1}, {"top_p": 1.5},
-                                 {"messages": [{"role": "tool", "content": "x"}]}])
+                                 {"messages": [{"role": "developer", "content": "x"}]}])
 def test_known_fields_are_checked(bad: dict) -> None:
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({**BASE, **bad})
+
+
+@pytest.mark.parametrize(("bad", "param"), [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role"),
+    ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]}, "messages[0].tool_calls"),
+])
+def test_tool_calling_is_refused_not_ignored(bad: dict, param: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        ChatCompletionRequest.model_validate({**BASE, **bad})
+    assert refused.value.param == param and refused.value.code == "unsupported_parameter"
+    ChatCompletionRequest.model_validate({**BASE, "tools": [], "tool_choice": "none"})  # asking for none is fine
 
 
 def test_a_chunk_omits_empty_delta_fields_but_keeps_finish_reason() -> None:

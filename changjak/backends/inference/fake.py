@@ -3,7 +3,8 @@
 It echoes the last user message (or a fixed ``reply``), one character per token, so Hangul is
 never split and stop strings can span tokens. It honours ``max_tokens`` and ``stop`` like a real
 backend and can be told to be slow (``delay``), to fail after some tokens (``fail_after``), or to
-report itself not ready. ``emitted`` and ``running`` let a test see how far a generation got.
+report itself not ready. ``emitted`` and ``running`` let a test see how far a generation got, and
+``seen`` what it was asked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class FakeBackend:
         self.fail_after = fail_after
         self.is_ready = is_ready
         self.emitted = 0  # tokens produced by the latest generation
+        self.seen: list[dict] = []  # the messages of the latest generation, as the model got them
         self.running = False
         self.closed = False
 
@@ -40,7 +42,7 @@ class FakeBackend:
         scanner = StopScanner(params.stop)
         finish: FinishReason = "stop"
         hit = False
-        self.emitted, self.running = 0, True
+        self.emitted, self.running, self.seen = 0, True, messages
         try:
             for i, token in enumerate(text):
                 if i == params.max_tokens:

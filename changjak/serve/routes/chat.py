@@ -4,6 +4,11 @@ A stream is server-sent events: a first delta with ``role: "assistant"``, one de
 text, a last chunk with ``finish_reason``, a usage chunk when ``stream_options.include_usage``,
 then ``data: [DONE]``. Every chunk carries the same ``id`` and ``created``. If the backend fails
 mid-stream, an error event goes out before ``[DONE]``; if the client goes away, generation stops.
+
+The safety policy (``changjak.serve.guard``) sees the request before the model (a refused message
+is a 400 ``content_policy_violation``) and the answer after it: a whole answer the policy withholds
+comes back empty with ``finish_reason: "content_filter"``; a stream it cuts ends with that
+finish_reason and an error event, and its generation stops.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from changjak.backends.inference import GenerationChunk, GenerationParams
-from changjak.errors import BadRequest, NotFound
+from changjak.errors import BadRequest, ContentPolicyViolation, NotFound
+from changjak.safety.policy import ContentBlocked
+from changjak.serve import guard
 from changjak.serve.auth import Principal
-from changjak.serve.deps import Served, ServedModel, SettingsDep
+from changjak.serve.deps import Safety, Served, ServedModel, SettingsDep
 from changjak.serve.errors import to_api_error
+from changjak.serve.guard import GuardedChat
 from changjak.serve.protocol import (
     SSE_DONE,
     AssistantMessage,
@@ -45,21 +53,22 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pr
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, _: Principal, served: Served,
-                                 settings: SettingsDep, response: Response) -> ChatCompletion | StreamingResponse:
+                                 settings: SettingsDep, safety: Safety,
+                                 response: Response) -> ChatCompletion | StreamingResponse:
     """Answer a chat, whole or streamed as server-sent events."""
     if body.model != served.model_id:
         raise NotFound(f"Unknown model; this server serves '{served.model_id}' (see GET /v1/models).",
                        param="model", code="model_not_found")
     params = _generation_params(body, settings.serve)
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    chat = guard.request(safety, settings, body.messages)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model_id,
             "system_fingerprint": served.fingerprint}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(served, messages, params, head, include_usage),
+        return StreamingResponse(_stream(served, chat, params, head, include_usage),
                                  media_type="text/event-stream", headers={**_SSE_HEADERS, **served.headers})
     response.headers.update(served.headers)
-    return await _complete(served, messages, params, head)
+    return await _complete(served, chat, params, head)
 
 
 def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> GenerationParams:
@@ -77,34 +86,49 @@ def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> Gen
                             stop=list(body.stop or []), seed=body.seed)
 
 
-async def _complete(served: ServedModel, messages: list[dict], params: GenerationParams,
+async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationParams,
                     head: dict[str, Any]) -> ChatCompletion:
     parts: list[str] = []
-    async with aclosing(served.backend.generate(messages, params)) as chunks:
+    async with aclosing(served.backend.generate(chat.messages, params)) as chunks:
         async for chunk in chunks:
             parts.append(chunk.text)
             last = chunk
+    content, withheld = chat.answer("".join(parts))
     return ChatCompletion(**head, usage=_usage(last), choices=[
-        Choice(message=AssistantMessage(content="".join(parts)), finish_reason=last.finish_reason)])
+        Choice(message=AssistantMessage(content=content),
+               finish_reason="content_filter" if withheld else last.finish_reason)])
 
 
-async def _stream(served: ServedModel, messages: list[dict], params: GenerationParams, head: dict[str, Any],
+async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
                   include_usage: bool) -> AsyncIterator[str]:
     def event(**fields: Any) -> str:
         return sse_event(ChatCompletionChunk(**head, **fields))
 
     yield event(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
+    answer = chat.stream()
     try:
-        async with aclosing(served.backend.generate(messages, params)) as chunks:
+        async with aclosing(served.backend.generate(chat.messages, params)) as chunks:
             async for chunk in chunks:
-                if chunk.text:
-                    yield event(choices=[ChunkChoice(delta=Delta(content=chunk.text))])
+                if text := answer.feed(chunk.text):
+                    yield event(choices=[ChunkChoice(delta=Delta(content=text))])
                 last = chunk
+        if text := answer.finish():
+            yield event(choices=[ChunkChoice(delta=Delta(content=text))])
         yield event(choices=[ChunkChoice(delta=Delta(), finish_reason=last.finish_reason)])
         if include_usage:
             yield event(choices=[], usage=_usage(last))
+    except ContentBlocked as blocked:  # the policy cut the answer: generation stops with the stream
+        yield event(choices=[ChunkChoice(delta=Delta(), finish_reason="content_filter")])
+        error = ContentPolicyViolation(f"The answer was stopped by the safety policy "
+                                       f"({', '.join(blocked.verdict.blocked_by)}).", code="content_filter")
+        yield sse_event(ErrorBody.model_validate(error.to_dict()))
     except Exception as e:  # headers are sent: the client can only learn of it from the stream
         logger.exception("generation of %s failed mid-stream", head["id"])
+        try:
+            if text := answer.finish():  # what was made before the failure, checked like the rest
+                yield event(choices=[ChunkChoice(delta=Delta(content=text))])
+        except ContentBlocked:
+            pass
         yield sse_event(ErrorBody.model_validate(to_api_error(e).to_dict()))
     yield SSE_DONE
 

@@ -15,10 +15,15 @@ from changjak.backends.inference.fake import FakeBackend
 from changjak.backends.inference.transformers import TransformersBackend
 from changjak.serve.app import create_app
 from changjak.serve.errors import INTERNAL_ERROR
+from changjak.settings import SafetySettings, Settings
 from tests.serve.conftest import MAX_TOKENS_LIMIT, MODEL, StreamingASGITransport, serving
 
 pytestmark = pytest.mark.anyio
 POEM = "비 오는 날의 짧은 시를 써 줘 🌧️ — 「창작」"
+
+
+def without_safety(settings: Settings) -> Settings:
+    return settings.model_copy(update={"safety": SafetySettings(enabled=False)})
 
 
 def ask(content: str = POEM, **kw) -> dict:
@@ -30,15 +35,17 @@ def sse_events(body: str) -> list[str]:
     return [e.removeprefix("data: ") for e in body.strip().split("\n\n")]
 
 
-async def test_a_whole_reply_round_trips_korean_exactly(sdk: openai.AsyncOpenAI) -> None:
+async def test_a_whole_reply_round_trips_korean_exactly(sdk: openai.AsyncOpenAI, fake: FakeBackend) -> None:
     reply = await sdk.chat.completions.create(**ask())
     assert reply.choices[0].message.content == POEM
     assert reply.choices[0].message.role == "assistant"
     assert reply.choices[0].finish_reason == "stop"
     assert reply.model == MODEL
     assert reply.id.startswith("chatcmpl-")
-    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (len(POEM), len(POEM))
-    assert reply.usage.total_tokens == 2 * len(POEM)
+    assert fake.seen[-1] == {"role": "user", "content": POEM}  # after the fenced system prompt
+    prompt = sum(len(m["content"]) for m in fake.seen)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (prompt, len(POEM))
+    assert reply.usage.total_tokens == prompt + len(POEM)
 
 
 async def test_a_stream_keeps_every_invariant(sdk: openai.AsyncOpenAI) -> None:
@@ -163,6 +170,7 @@ async def test_hanging_up_on_a_stream_stops_generation(serve_settings) -> None:
 
 async def test_the_real_backend_with_its_adapter_honours_stop_and_max_tokens(
         serve_settings, tiny_model_dir: Path, lora_adapter_dir: Path) -> None:
+    serve_settings = without_safety(serve_settings)  # the raw token pieces are what this test reads
     backend = TransformersBackend.load(tiny_model_dir, lora_adapter_dir, device="cpu", dtype="fp32", model_id=MODEL)
     async with serving(create_app(serve_settings, backend)) as sdk:
         stream = await sdk.chat.completions.create(**ask("주인공은", max_tokens=30, temperature=0, stream=True))
@@ -184,6 +192,7 @@ async def test_the_real_backend_with_its_adapter_honours_stop_and_max_tokens(
 
 async def test_hanging_up_stops_the_real_decode_loop(serve_settings, tiny_model_dir: Path,
                                                      lora_adapter_dir: Path) -> None:
+    serve_settings = without_safety(serve_settings)  # the raw token pieces are what this test reads
     backend = TransformersBackend.load(tiny_model_dir, lora_adapter_dir, device="cpu", dtype="fp32", model_id=MODEL)
     steps = [0]
 
