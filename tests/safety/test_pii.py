@@ -128,7 +128,7 @@ def test_identity_business_and_network_numbers_are_masked(text: str, kind: str) 
 
 @pytest.mark.parametrize("text", [
     "M12345678", "모델 M123A4567", "99-12-345678-90", "124-81-00999", "2208162517", "256.1.1.1", "버전 1.2.3.4",
-    "2.1.0.3으로 업데이트했어요", "12:30:45",
+    "2.1.0.3으로 업데이트했어요", "12:30:45", "서버 IP는 127.0.0.1:8000", "0.0.0.0에 바인딩", "IPv6 루프백 ::1 주소",
 ])
 def test_identity_look_alikes_are_kept(text: str) -> None:
     assert pii.find(text) == []
