@@ -8,7 +8,10 @@ classifier, injection detector: what a chat request pays before the model) on 20
 classifier; medians of ``--repeats`` passes per prompt, then p50/p95/p99 over prompts. The
 normaliser's cache is cleared before each call, so every call pays for its own folding. Then it
 gathers the figures of the three detailed benchmarks (``safety_pii``, ``safety_injection``,
-``safety_hate``, run them first) into one table against the issue's targets.
+``safety_hate``, run them first) into one table against the issue's targets, with the harm
+detector's recall and false positives on its own suite (``changjak/safety/suites/harm.jsonl``,
+written together with its cues) and on ``benchmarks/data/harm_heldout.jsonl`` (written by
+someone who had not seen the detector: the figure that means something).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.safety_hate import SHARED_DATA, prompts
+from changjak.safety import harm
 from changjak.safety.hate import DEFAULT_MODEL_DIR, HateClassifier, ensure_model
 from changjak.safety.normalize import normalize
 from changjak.safety.policy import SafetyEngine
@@ -32,6 +36,8 @@ from changjak.settings import SafetySettings
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULTS = RESULTS_DIR / "safety.json"
+HARM_SETS = {"suite": Path(harm.__file__).with_name("suites") / "harm.jsonl",
+             "held-out": Path(__file__).parent / "data" / "harm_heldout.jsonl"}
 TARGETS = {"request_p95_ms_max": 10.0, "apeach_f1_min": 0.80, "apeach_fpr_max": 0.05, "variants_recall_min": 0.95,
            "pii_recall_min": 1.0, "pii_precision_min": 0.98, "injection_caught_min": 0.95,
            "benign_blocked_max": 0.03}
@@ -50,6 +56,24 @@ def request_latency(engine: SafetyEngine, texts: list[str], repeats: int) -> dic
     per_prompt.sort()
     return {f"p{q}_ms": round(per_prompt[min(len(per_prompt) - 1, int(len(per_prompt) * q / 100))], 3)
             for q in (50, 95, 99)}
+
+
+def harm_figures() -> dict:
+    """Recall on the harmful rows and false positives on the benign ones, per set that exists."""
+    found = {}
+    for name, path in HARM_SETS.items():
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        bad = [r for r in rows if r["expect"] == "harm"]
+        good = [r for r in rows if r["expect"] != "harm"]
+        missed = [r["text"] for r in bad if not harm.detect(r["text"]).flagged]
+        flagged = [r["text"] for r in good if harm.detect(r["text"]).flagged]
+        found[name] = {"harmful": len(bad), "benign": len(good),
+                       "recall": round(1 - len(missed) / max(len(bad), 1), 4),
+                       "false_positive_rate": round(len(flagged) / max(len(good), 1), 4),
+                       "missed": missed, "flagged_benign": flagged}
+    return found
 
 
 def _load(name: str) -> dict | None:
@@ -80,6 +104,9 @@ def summary() -> list[tuple[str, str, str, str]]:
         benign = inj["benign_blocked"]["ALL"]["test"]["rate"]
         rows.append(("injection attacks caught / benign blocked (held-out ids)", f"{caught} / {benign}",
                      "≥ 0.95 / ≤ 0.03", "-"))
+    for name, r in harm_figures().items():
+        rows.append((f"harm requests caught / benign flagged ({name}, {r['harmful']}+{r['benign']})",
+                     f"{r['recall']} / {r['false_positive_rate']}", "-", "-"))
     return rows
 
 
@@ -110,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     latency = {name: request_latency(engine, texts, args.repeats) for name, engine in engines.items()}
     verdicts = {name: sum(engines["all request checks"].check(t, surface="request").action == name for t in texts)
                 for name in ("allow", "flag", "mask", "block")}
-    report = {"targets": TARGETS, "request_500_chars": latency, "prompt_verdicts": verdicts,
+    report = {"targets": TARGETS, "request_500_chars": latency, "prompt_verdicts": verdicts, "harm": harm_figures(),
               "summary": [dict(zip(("figure", "ours", "target", "baseline"), row, strict=True)) for row in summary()],
               "machine": {"python": platform.python_version(), "processor": platform.machine(),
                           "cpus": os.cpu_count()}}

@@ -243,7 +243,8 @@ def _phrase(text: str) -> str:
     return "|".join(re.escape(h) + body for h in heads)
 
 
-def _compile(spec: str) -> re.Pattern[str]:
+def compile_cue(spec: str) -> re.Pattern[str]:
+    """A cue spec (slots of ``|``-phrases joined by ``~N`` gaps) as one regex over folded text."""
     parts = re.split(r"\s+~(\d+)\s+", spec)
     slots = ["(?:" + "|".join(_phrase(alt) for alt in slot.split("|")) + ")" for slot in parts[::2]]
     gaps = [f".{{0,{n}}}" for n in parts[1::2]]
@@ -252,7 +253,7 @@ def _compile(spec: str) -> re.Pattern[str]:
 
 @cache
 def _compiled() -> tuple[list, list]:
-    folded = [(name, cat, w, _compile(spec)) for name, cat, w, spec in _CUES]
+    folded = [(name, cat, w, compile_cue(spec)) for name, cat, w, spec in _CUES]
     raw = [(name, cat, w, re.compile(rx)) for name, cat, w, rx in _RAW_CUES]
     return folded, raw
 

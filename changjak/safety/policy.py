@@ -14,19 +14,23 @@ profile is a ready-made policy; a tenant may pick another profile and override s
 | pii       | :mod:`pii` findings (Korean identifiers, phones, ...)   | allow flag mask block |
 | profanity | :mod:`profanity` lexicon, through obfuscation           | allow flag mask block |
 | hate      | :mod:`hate` classifier (BEEP!-trained): its threshold flags, ``hate_block_score`` blocks | allow flag block |
+| harm      | :mod:`harm`: requests for real-world harm instructions  | allow flag block |
 | injection | :mod:`injection` detector                               | allow flag block |
 | canary    | the system prompt's canary found in an answer           | flag block |
 | markup    | :mod:`sanitize`: exfiltrating links, HTML, escapes      | allow mask |
 
-Which checks run depends on the surface: ``request`` (user messages, before the model) and
-``document`` (RAG text at ingest) and ``feedback`` look for pii, profanity, hate and injection;
-``response`` (the answer, whole or streamed through :class:`StreamGuard`) for markup, canary, pii,
-profanity and hate; ``data`` (training text) for pii, profanity and hate. ``log`` masks PII and
+Which checks run depends on the surface: ``request`` (user messages, before the model) looks for
+pii, profanity, hate, harm and injection; ``document`` (RAG text at ingest) and ``feedback`` for
+pii, profanity, hate and injection; ``response`` (the answer, whole or streamed through
+:class:`StreamGuard`) for markup, canary, pii, profanity and hate; ``data`` (training text) for
+pii, profanity and hate. Harm is a request check: stories may describe a bomb being built, and
+the request for a working recipe is what is refused. ``log`` masks PII and
 nothing else, whatever the policy says: PII never reaches a log line, an audit record or a cache key.
 
 The ``creative`` profile (the default) is made for fiction: characters may swear and stories may
-be dark, so profanity is only flagged, while hate against real groups, attacks on the assistant
-and leaks are blocked and personal data is masked.
+be dark, so profanity is only flagged, while hate against real groups, recipes for real-world
+harm (whoever in the story asks), attacks on the assistant and leaks are blocked and personal
+data is masked.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from changjak.errors import ConfigError
-from changjak.safety import fencing, injection, pii, profanity, sanitize
+from changjak.safety import fencing, harm, injection, pii, profanity, sanitize
 
 if TYPE_CHECKING:
     from changjak.safety.hate import HateClassifier
@@ -50,13 +54,13 @@ logger = logging.getLogger(__name__)
 
 Action = Literal["allow", "flag", "mask", "block"]
 ACTIONS: tuple[Action, ...] = ("allow", "flag", "mask", "block")  # in rising severity
-CATEGORIES = ("pii", "profanity", "hate", "injection", "canary", "markup")
+CATEGORIES = ("pii", "profanity", "hate", "harm", "injection", "canary", "markup")
 ALLOWED: dict[str, tuple[str, ...]] = {
-    "pii": ACTIONS, "profanity": ACTIONS, "hate": ("allow", "flag", "block"),
+    "pii": ACTIONS, "profanity": ACTIONS, "hate": ("allow", "flag", "block"), "harm": ("allow", "flag", "block"),
     "injection": ("allow", "flag", "block"), "canary": ("flag", "block"), "markup": ("allow", "mask"),
 }
 SURFACES: dict[str, tuple[str, ...]] = {
-    "request": ("pii", "profanity", "hate", "injection"),
+    "request": ("pii", "profanity", "hate", "harm", "injection"),
     "document": ("pii", "profanity", "hate", "injection"),
     "feedback": ("pii", "profanity", "hate", "injection"),
     "response": ("markup", "canary", "pii", "profanity", "hate"),
@@ -65,16 +69,16 @@ SURFACES: dict[str, tuple[str, ...]] = {
 }
 PROFILES: dict[str, dict[str, Action]] = {
     # fiction: swearing characters and dark themes pass (flagged); real-world hate, attacks, leaks do not
-    "creative": {"pii": "mask", "profanity": "flag", "hate": "block", "injection": "block",
+    "creative": {"pii": "mask", "profanity": "flag", "hate": "block", "harm": "block", "injection": "block",
                  "canary": "block", "markup": "mask"},
     # a general assistant: profanity is starred out
-    "standard": {"pii": "mask", "profanity": "mask", "hate": "block", "injection": "block",
+    "standard": {"pii": "mask", "profanity": "mask", "hate": "block", "harm": "block", "injection": "block",
                  "canary": "block", "markup": "mask"},
     # children's or regulated services: personal data and any profanity are refused
-    "strict": {"pii": "block", "profanity": "block", "hate": "block", "injection": "block",
+    "strict": {"pii": "block", "profanity": "block", "hate": "block", "harm": "block", "injection": "block",
                "canary": "block", "markup": "mask"},
     # measure before enforcing: everything recorded, nothing refused (answers are still sanitised)
-    "monitor": {"pii": "flag", "profanity": "flag", "hate": "flag", "injection": "flag",
+    "monitor": {"pii": "flag", "profanity": "flag", "hate": "flag", "harm": "flag", "injection": "flag",
                 "canary": "flag", "markup": "mask"},
 }
 PROFANITY_MASK = "*"
@@ -199,6 +203,10 @@ class SafetyEngine:
             if action == "block" and score < self.settings.hate_block_score:
                 action = "flag"
             decisions.append(Decision("hate", score, action))
+        if "harm" in actions:
+            found = harm.detect(text)
+            if found.flagged:
+                decisions.append(Decision("harm", found.score, actions["harm"], found.cues))
         if "injection" in actions:
             found = injection.detect(text, threshold=self.settings.injection_threshold)
             if found.blocked:
