@@ -7,7 +7,10 @@ import pytest
 
 from changjak.safety import train_hate
 
-DATA = Path(os.environ.get("CHANGJAK_SAFETY_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+# The project's shared/ sits beside the checkout; a clone elsewhere on the same machine finds /work/shared.
+CANDIDATES = [Path(os.environ["CHANGJAK_SAFETY_DATA"])] if os.environ.get("CHANGJAK_SAFETY_DATA") else [
+    Path(__file__).resolve().parents[3] / "shared" / "data", Path("/work/shared/data")]
+DATA = next((p for p in CANDIDATES if (p / train_hate.BEEP_DIR / "train.tsv").is_file()), CANDIDATES[0])
 BEEP = DATA / train_hate.BEEP_DIR
 
 
@@ -15,8 +18,8 @@ BEEP = DATA / train_hate.BEEP_DIR
 def data_dir() -> Path:
     if not (BEEP / "train.tsv").is_file():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"BEEP! data missing at {BEEP} under CI=true")
-        pytest.skip(f"BEEP! data not at {BEEP} (set CHANGJAK_SAFETY_DATA)")
+            pytest.fail(f"BEEP! data missing (looked in {', '.join(map(str, CANDIDATES))}) under CI=true")
+        pytest.skip(f"BEEP! data not found in {', '.join(map(str, CANDIDATES))} (set CHANGJAK_SAFETY_DATA)")
     return DATA
 
 
