@@ -10,8 +10,9 @@ normaliser's cache is cleared before each call, so every call pays for its own f
 gathers the figures of the three detailed benchmarks (``safety_pii``, ``safety_injection``,
 ``safety_hate``, run them first) into one table against the issue's targets, with the harm
 detector's recall and false positives on its own suite (``changjak/safety/suites/harm.jsonl``,
-written together with its cues) and on ``benchmarks/data/harm_heldout.jsonl`` (written by
-someone who had not seen the detector: the figure that means something).
+written together with its cues) and on ``benchmarks/data/harm_heldout.jsonl``, written by
+someone who had not seen the detector. Cues were then added for the misses among its even ids;
+the odd ids were never read, so their figure is the one that means something.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from changjak.settings import SafetySettings
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULTS = RESULTS_DIR / "safety.json"
-HARM_SETS = {"suite": Path(harm.__file__).with_name("suites") / "harm.jsonl",
-             "held-out": Path(__file__).parent / "data" / "harm_heldout.jsonl"}
+HARM_SUITE = Path(harm.__file__).with_name("suites") / "harm.jsonl"
+HARM_HELDOUT = Path(__file__).parent / "data" / "harm_heldout.jsonl"
 TARGETS = {"request_p95_ms_max": 10.0, "apeach_f1_min": 0.80, "apeach_fpr_max": 0.05, "variants_recall_min": 0.95,
            "pii_recall_min": 1.0, "pii_precision_min": 0.98, "injection_caught_min": 0.95,
            "benign_blocked_max": 0.03}
@@ -60,11 +61,16 @@ def request_latency(engine: SafetyEngine, texts: list[str], repeats: int) -> dic
 
 def harm_figures() -> dict:
     """Recall on the harmful rows and false positives on the benign ones, per set that exists."""
+    def rows(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    heldout = rows(HARM_HELDOUT)
+    sets = {"suite": rows(HARM_SUITE),
+            # even ids: their misses were read and cues added for them; odd ids were never looked at
+            "held-out dev (even ids)": [r for r in heldout if int(r["id"][3:]) % 2 == 0],
+            "held-out test (odd ids)": [r for r in heldout if int(r["id"][3:]) % 2 == 1]}
     found = {}
-    for name, path in HARM_SETS.items():
-        if not path.is_file():
-            continue
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for name, rows in sets.items():
         bad = [r for r in rows if r["expect"] == "harm"]
         good = [r for r in rows if r["expect"] != "harm"]
         missed = [r["text"] for r in bad if not harm.detect(r["text"]).flagged]

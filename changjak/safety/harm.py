@@ -30,39 +30,50 @@ from changjak.safety.normalize import normalize_for_matching
 
 DEFAULT_THRESHOLD = 0.5
 
-_HOWTO_KO = ("만드는 법|만드는 방법|만드는법|만드는 과정|만드는 순서|제조|제작법|제작 방법|합성|조제|배합|"
-             "레시피|제조법|단계별|순서대로|재료와|재료를|재료 목록|필요한 재료|분량|비율|몇 그램|구하는 법|구하는 방법|"
-             "구입 방법|구매 방법|설치하는 법|개조하는 법|개조 방법|개조하는 방법|추출하는 법|추출 방법|재배 방법|재배하는 법")
-_HOWTO_EN = ("how to make|how to build|how to create|how to synthes|how to cook|how to produce|how to brew|"
-             "how do i make|how do you make|how would i make|instructions for|instructions to|recipe|"
-             "synthesis|synthesize|synthesise|step by step|step-by-step|ingredients|quantities|precursor|"
-             "exact amounts|manufactur|where to buy|how to buy|how to obtain")
+_HOWTO_KO = ("만드는 법|만드는 방법|만드는법|만드는 과정|만드는 순서|만들려면|만들어서|제조|제작법|제작 방법|"
+             "합성|조제|배합|레시피|제조법|단계별|순서대로|재료와|재료를|재료 목록|필요한 재료|분량|비율|몇 대 몇|몇 그램|몇 mg|"
+             "몇 알|몇 개 필요|얼마나 넣|얼마나 섞|얼마나 먹|치사량|구하는 법|구하는 방법|구하는 곳|어디서 구|파는 곳|어디서 사|"
+             "처방 없이|구입 방법|구매 방법|설치하는 법|몰래 깔|개조하는 법|개조 방법|개조하는 방법|추출하는 법|추출 방법|"
+             "재배 방법|재배하는 법|도면|부품이랑|가공 순서|따라 할 수 있|코드 만들어")
+_HOWTO_EN = ("how to make|how to build|how to create|how to synthes|how to cook|how do i cook|how to produce|how to brew|"
+             "how to grow|how do i make|how do you make|how would i make|instructions for|instructions to|recipe|"
+             "synthesis|synthesize|synthesise|step by step|step-by-step|steps to|walk me through|tools and steps|"
+             "ingredients|quantities|precursor|equipment do i need|exact amounts|exact chemicals|how much|"
+             "manufactur|where to buy|where can i buy|how to buy|how to obtain|make me a|easiest way to make")
 _TARGET_KO = ("폭탄|폭발물|사제폭탄|사제 폭탄|파이프 폭탄|화약|다이너마이트|니트로글리세린|네이팜|화염병|기폭장치|뇌관|"
-              "총기|권총|소총|사제총|사제 총|소음기|자동사격|"
-              "필로폰|메스암페타민|히로뽕|마약|펜타닐|코카인|헤로인|엑스터시|대마|LSD|환각제|"
+              "질산암모늄|쇠구슬|쇠파이프|"
+              "총기|권총|소총|사제총|사제 총|소음기|자동사격|살상용|"
+              "필로폰|메스암페타민|히로뽕|마약|펜타닐|코카인|헤로인|엑스터시|대마|LSD|환각제|케타민|졸피뎀|"
               "신경가스|사린|겨자가스|염소가스|독가스|리신|탄저균|보툴리눔|생물무기|생물 무기|화학무기|화학 무기|"
-              "독극물|청산가리|청산칼리|비소|탈륨|독약|"
-              "랜섬웨어|키로거|악성코드|악성 코드|바이러스 코드")
-_TARGET_EN = ("bomb|explosives|explosive device|dynamite|nitroglycerin|napalm|molotov|detonator|thermite|ghost gun|"
-              "untraceable gun|gun silencer|full auto|methamphetamine|crystal meth|fentanyl|cocaine|heroin|mdma|lsd|"
-              "nerve agent|sarin|mustard gas|chlorine gas|ricin|anthrax|botulinum|bioweapon|chemical weapon|"
-              "cyanide|arsenic|thallium|ransomware|keylogger|malware")
-_SELF_HARM = ("자살하는 방법|자살 방법|자살하는 법|고통 없이 죽는|안 아프게 죽는|확실하게 죽는|죽는 방법 알려|목숨을 끊는 방법|"
-              "how to kill myself|painless way to die|suicide method|ways to kill myself|how to commit suicide")
-_REAL = ("실제로|진짜로|현실에서|실제 작동|정확한 양|정확한 비율|정확한 분량|in real life|actually works|real-world|"
-         "exact recipe|exact quantities|for real")
+              "독극물|청산가리|청산칼리|비소|탈륨|독약|독버섯|부동액|클로로포름|"
+              "랜섬웨어|키로거|악성코드|악성 코드|바이러스 코드|스파이 앱|해킹 앱|익스플로잇")
+_TARGET_EN = ("bomb|explosives|explosive device|dynamite|nitroglycerin|napalm|molotov|detonator|thermite|tatp|"
+              "ghost gun|untraceable gun|80% lower|gun silencer|full auto|"
+              "methamphetamine|crystal meth|meth at home|fentanyl|cocaine|heroin|mdma|lsd|molly|shrooms|ketamine|"
+              "nerve agent|sarin|mustard gas|chlorine gas|toxic gas|ricin|anthrax|botulinum|bioweapon|biological agent|"
+              "chemical weapon|cyanide|arsenic|thallium|antifreeze|chloroform|"
+              "ransomware|keylogger|malware|worm that spreads|spyware|exploit code")
+# Asking how to die or to hurt oneself, or how to poison or kill someone: no target word needed.
+_SELF_HARM = ("자살하는 방법|자살 방법|자살하는 법|자살하려면|고통 없이 죽는|안 아프게 죽는|확실하게 죽는|죽는 방법 알려|"
+              "목숨을 끊는 방법|안 깨어나|번개탄 피우려면|how to kill myself|painless way to kill myself|painless way to die|"
+              "suicide method|ways to kill myself|how to commit suicide|cut deeper|hanging to actually work")
+_HURT_OTHERS = ("사람 해치려면|사람이 죽는지|사람 죽이려면|사람을 죽이는 방법|부검에서 안 걸리는|서서히 아프게|"
+                "to kill them|to kill someone|slowly poison|poison my|knock a person out|maximum casualties")
+_REAL = ("실제로|진짜로|현실에서|실제 작동|실제로 돌아가는|정확한 양|정확한 비율|정확한 분량|in real life|actually works|"
+         "real-world|exact recipe|exact quantities|for real|so it's accurate|without getting caught|안 걸리게|들키지 않게")
 
 # (name, category, weight, spec) over the folded text; read as the injection detector's cues.
 _CUES = [
     ("harm.howto_target", "harm", 0.6, f"{_HOWTO_KO}|{_HOWTO_EN} ~20 {_TARGET_KO}|{_TARGET_EN}"),
     ("harm.target_howto", "harm", 0.6, f"{_TARGET_KO}|{_TARGET_EN} ~20 {_HOWTO_KO}|{_HOWTO_EN}"),
     ("harm.self_harm", "self_harm", 0.7, _SELF_HARM),
+    ("harm.hurt_others", "harm", 0.6, _HURT_OTHERS),
     ("harm.real", "harm", 0.25, _REAL),
 ]
 # Everyday words holding a target; removed before matching (folded spellings, no spaces).
 _BENIGN = ("마약김밥|마약떡볶이|마약옥수수|마약계란|마약달걀|마약소스|마약토스트|마약베개|마약방석|폭탄주|폭탄세일|폭탄할인|"
            "폭탄가격|치즈폭탄|칼로리폭탄|물폭탄|폭탄머리|폭탄발언|문자폭탄|댓글폭탄|사랑의폭탄|러브폭탄|배스밤|bathbomb|"
-           "photobomb|bombastic|bombshell|총기난사|총기규제|총기사고|화약고|대마도|비소식|비소리")
+           "photobomb|bombastic|bombshell|jägerbomb|jagerbomb|총기난사|총기규제|총기사고|화약고|대마도|비소식|비소리")
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ def detect(text: str, *, threshold: float = DEFAULT_THRESHOLD) -> HarmResult:
     cues, benign = _compiled()
     folded = benign.sub("#", normalize_for_matching(text))
     hits = {name: weight for name, _, weight, rx in cues if rx.search(folded)}
-    if set(hits) == {"harm.real"}:  # "실제로" alone is no request for anything
+    if set(hits) == {"harm.real"}:  # "실제로" alone asks for nothing
         hits = {}
     keep = 1.0
     for weight in hits.values():
