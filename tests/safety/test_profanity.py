@@ -20,7 +20,7 @@ def test_what_keyword_filters_miss_is_caught(text):
     assert check(text).flagged
 
 
-@pytest.mark.parametrize("text", ["1956년은 병신년이었다", "강아지가 새끼를 낳았다", "시발점", "수박씨 발라", "병신년 새해 복 많이 받으세요",
+@pytest.mark.parametrize("text", ["1956년은 병신년이었다", "강아지가 새끼를 낳았다", "시발점", "지하철 시발 시간", "수박씨 발라", "병신년 새해 복 많이 받으세요",
                                   "새끼 오리들이 엄마를 따라간다", "십팔 년 동안 기다렸다", "개같이 일했다", "경제개발 5개년 계획",
                                   "껌을 씹다", "아이가 엄마를 졸라 장난감을 샀다"])
 def test_benign_look_alikes_pass(text):
