@@ -58,7 +58,7 @@ def test_demo_no_serve_then_serve_in_korean(demo_env: Path) -> None:
     assert "eval.finetuned.rougeL" in run.data.metrics
     assert run.inputs.dataset_inputs, "the training data was not logged as the run's input dataset"
     if summary["eval"]["gate_passed"]:
-        assert client.get_model_version_by_alias(settings.model_name, "champion").version == "1"
+        assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
 
     key = "e2e-key"
     served = settings.model_copy(update={
