@@ -23,7 +23,8 @@ Which checks run depends on the surface: ``request`` (user messages, before the 
 pii, profanity, hate, harm and injection; ``document`` (RAG text at ingest) and ``feedback`` for
 pii, profanity, hate and injection; ``response`` (the answer, whole or streamed through
 :class:`StreamGuard`) for markup, canary, pii, profanity and hate; ``data`` (training text) for
-pii, profanity and hate. Harm is a request check: stories may describe a bomb being built, and
+pii, profanity and hate; ``stream`` is ``response`` without markup, for the pieces
+:class:`StreamGuard` checks after its own sanitiser. Harm is a request check: stories may describe a bomb being built, and
 the request for a working recipe is what is refused. ``log`` masks PII and
 nothing else, whatever the policy says: PII never reaches a log line, an audit record or a cache key.
 
@@ -64,6 +65,7 @@ SURFACES: dict[str, tuple[str, ...]] = {
     "document": ("pii", "profanity", "hate", "injection"),
     "feedback": ("pii", "profanity", "hate", "injection"),
     "response": ("markup", "canary", "pii", "profanity", "hate"),
+    "stream": ("canary", "pii", "profanity", "hate"),  # a streamed answer: StreamSanitizer does markup
     "data": ("pii", "profanity", "hate"),
     "log": ("pii",),
 }
@@ -312,10 +314,9 @@ class StreamGuard:
             return ""
         context = self.sent[-self.engine.settings.stream_window:]
         window = context + piece
-        verdict = self.engine.check(window, surface="response", tenant=self.tenant, canary=self.canary)
+        verdict = self.engine.check(window, surface="stream", tenant=self.tenant, canary=self.canary)
         for d in verdict.decisions:
-            if d.category != "markup":  # the stream sanitiser already counted what it removed
-                self.decisions.setdefault(d.category, d)
+            self.decisions.setdefault(d.category, d)
         if self._sanitizer and self._sanitizer.actions:
             action = self.engine.policy(self.tenant).actions["markup"]
             self.decisions["markup"] = Decision("markup", 1.0, action, tuple(sorted(self._sanitizer.actions)))
@@ -325,7 +326,7 @@ class StreamGuard:
         if verdict.text.startswith(context):
             out = verdict.text[len(context):]
         else:  # masking in the window reached back into what was sent: mask the piece on its own
-            out = self.engine.check(piece, surface="response", tenant=self.tenant).text
+            out = self.engine.check(piece, surface="stream", tenant=self.tenant).text
         self.sent += out
         return out
 

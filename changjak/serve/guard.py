@@ -43,22 +43,24 @@ class GuardedChat:
     def answer(self, text: str) -> tuple[str, bool]:
         """The answer as it may be sent, and whether the policy withheld it (finish_reason content_filter)."""
         verdict = self.engine.check(text, surface="response", tenant=self.tenant, canary=self.canary)
-        self._record(verdict)
+        self.record(verdict)
         if verdict.blocked:
             return "", True
-        return self._restore(verdict.text), False
+        return self.restore(verdict.text), False
 
     def stream(self) -> GuardedStream:
         return GuardedStream(self, self.engine.stream(tenant=self.tenant, canary=self.canary))
 
-    def _restore(self, text: str) -> str:
+    def restore(self, text: str) -> str:
+        """``text`` with the user's reversibly masked values put back."""
         return self.vault.restore(text) if self.vault else text
 
-    def _record(self, verdict: Verdict) -> None:
+    def record(self, verdict: Verdict, where: str = "answer") -> None:
+        """Keep the verdict's summary for the audit trail; log it when something fired."""
         summary = verdict.summary()
         self.verdicts.append(summary)
         if verdict.decisions:
-            logger.info("safety verdict %s", summary)
+            logger.info("safety verdict on %s: %s", where, summary)
 
 
 @dataclass
@@ -69,49 +71,44 @@ class GuardedStream:
     def feed(self, text: str) -> str:
         """What may be sent of the answer now; raises ContentBlocked when the policy cuts the stream."""
         try:
-            return self.chat._restore(self.guard.feed(text))
+            return self.chat.restore(self.guard.feed(text))
         except ContentBlocked as blocked:
-            self.chat._record(blocked.verdict)
+            self.chat.record(blocked.verdict)
             raise
 
     def finish(self) -> str:
         try:
-            out = self.chat._restore(self.guard.finish())
+            out = self.chat.restore(self.guard.finish())
         except ContentBlocked as blocked:
-            self.chat._record(blocked.verdict)
+            self.chat.record(blocked.verdict)
             raise
-        self.chat._record(self.guard.verdict())
+        self.chat.record(self.guard.verdict())
         return out
 
 
 def request(engine: SafetyEngine, settings: Settings, messages: list[ChatMessage],
             tenant: str | None = None) -> GuardedChat:
     """The messages the model may see; ContentPolicyViolation naming the message if one is refused."""
-    vault: PiiVault | None = None
-    out: list[dict[str, str]] = []
-    verdicts = []
+    chat = GuardedChat(engine, tenant, [], None, None)
     for index, message in enumerate(messages):
         content = message.content
         if message.role == "user":
-            verdict = engine.check(content, surface="request", tenant=tenant, vault=vault)
-            verdicts.append(verdict.summary())
-            if verdict.decisions:
-                logger.info("safety verdict on messages[%d]: %s", index, verdict.summary())
+            verdict = engine.check(content, surface="request", tenant=tenant, vault=chat.vault)
+            chat.record(verdict, where=f"messages[{index}]")
             if verdict.blocked:
                 raise ContentPolicyViolation(
                     f"messages[{index}] was refused by the safety policy ({', '.join(verdict.blocked_by)}); "
                     "rephrase it without that content.", param=f"messages[{index}].content")
-            content, vault = verdict.text, verdict.vault or vault
-        out.append({"role": message.role, "content": content})
+            content, chat.vault = verdict.text, verdict.vault or chat.vault
+        chat.messages.append({"role": message.role, "content": content})
 
-    canary = None
     if engine.settings.enabled and engine.settings.fence_system_prompt:
-        canary = fencing.new_canary()
-        if out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": fencing.fence_system_prompt(out[0]["content"], canary)}
-        elif settings.data.system_prompt:
-            out.insert(0, {"role": "system", "content": fencing.fence_system_prompt(settings.data.system_prompt,
-                                                                                   canary)})
-        else:
-            canary = None
-    return GuardedChat(engine, tenant, out, canary, vault, verdicts)
+        system = chat.messages[0]["content"] if chat.messages[0]["role"] == "system" else settings.data.system_prompt
+        if system:
+            chat.canary = fencing.new_canary()
+            fenced = {"role": "system", "content": fencing.fence_system_prompt(system, chat.canary)}
+            if chat.messages[0]["role"] == "system":
+                chat.messages[0] = fenced
+            else:
+                chat.messages.insert(0, fenced)
+    return chat
