@@ -129,6 +129,15 @@ class ServeSettings(Section):
     default_max_tokens: int = Field(256, ge=1)
 
 
+class AuthSettings(Section):
+    """API keys (changjak.serve.auth, changjak.serve.keys)."""
+
+    # How long a replica trusts a key it looked up: a hot key costs no DB round trip, and a
+    # revocation takes effect on every replica within this many seconds.
+    key_cache_ttl_s: float = Field(2.0, ge=0)
+    metrics_public: bool = True  # /metrics without a key (a scraper inside the cluster); False: metrics:read
+
+
 class TenantSafetySettings(Section):
     profile: Literal["creative", "standard", "strict", "monitor"] | None = None  # None: the global one
     actions: dict[str, str] = {}  # category -> allow|flag|mask|block, over the profile's
@@ -192,6 +201,7 @@ class Settings(BaseSettings):
     eval: EvalSettings = EvalSettings()
     serve: ServeSettings = ServeSettings()
     safety: SafetySettings = SafetySettings()
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("api_keys", mode="before")
     @classmethod
