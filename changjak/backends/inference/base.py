@@ -26,6 +26,7 @@ class GenerationParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)  # never part of the returned text
     seed: int | None = None  # same seed, same sampled reply (on the same backend and device)
+    adapter: str | None = None  # a LoRA adapter the backend loaded by this name; None: its default
 
 
 @dataclass(frozen=True)

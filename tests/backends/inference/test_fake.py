@@ -7,9 +7,39 @@ import pytest
 from changjak.backends.inference.base import GenerationChunk, GenerationParams
 from changjak.backends.inference.fake import FakeBackend
 from changjak.errors import BackendError
+from tests.backends.inference.contract import BackendContract
 
 pytestmark = pytest.mark.anyio
 MESSAGES = [{"role": "system", "content": "짧게"}, {"role": "user", "content": "바다는 조용했다."}]
+
+
+class CountingFake(FakeBackend):
+    """The fake, also counting every token it has made (its ``emitted`` restarts with each request)."""
+
+    total = 0
+
+    @property
+    def emitted(self) -> int:
+        return self.__dict__.get("_emitted", 0)
+
+    @emitted.setter
+    def emitted(self, n: int) -> None:
+        self.total += max(0, n - self.emitted)
+        self.__dict__["_emitted"] = n
+
+
+class TestFakeBackendContract(BackendContract):
+    @pytest.fixture
+    def backend(self) -> CountingFake:
+        return CountingFake()
+
+    def tokens_generated(self, backend: CountingFake) -> int:
+        return backend.total
+
+    @pytest.mark.xfail(strict=True, reason="fake.py reports its shared `emitted` as completion_tokens, "
+                                           "so overlapping requests get each other's counts")
+    async def test_eight_concurrent_requests_each_equal_the_same_request_alone(self, backend: CountingFake) -> None:
+        await super().test_eight_concurrent_requests_each_equal_the_same_request_alone(backend)
 
 
 async def collect(backend: FakeBackend, **params) -> list[GenerationChunk]:

@@ -12,10 +12,25 @@ import pytest
 from changjak.backends.inference.base import GenerationChunk, GenerationParams
 from changjak.backends.inference.transformers import IncrementalDecoder, TransformersBackend
 from changjak.errors import BackendError
+from tests.backends.inference.contract import BackendContract
 
 pytestmark = pytest.mark.anyio
 MESSAGES = [{"role": "user", "content": "소설의 첫 문장을 써 주세요"}]
 KOREAN = "안녕하세요. 오늘 날씨가 정말 좋네요. 주인공은 비 내리는 골목에서 오래된 편지를 발견했다."
+
+
+class TestTransformersContract(BackendContract):
+    @pytest.fixture
+    def backend(self, tiny_backend: TransformersBackend) -> TransformersBackend:
+        tiny_backend.model.register_forward_hook(self._count)
+        self.forwards = 0
+        return tiny_backend
+
+    def _count(self, *_) -> None:
+        self.forwards += 1
+
+    def tokens_generated(self, backend: TransformersBackend) -> int:
+        return self.forwards
 
 
 async def collect(backend: TransformersBackend, **params) -> list[GenerationChunk]:
