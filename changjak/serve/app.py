@@ -23,7 +23,8 @@ from changjak.safety.policy import SafetyEngine
 from changjak.serve import errors
 from changjak.serve.auth import KeyRing
 from changjak.serve.deps import ServedModel
-from changjak.serve.routes import chat, health, models
+from changjak.serve.keys import KeyStore
+from changjak.serve.routes import admin, chat, health, models
 from changjak.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,12 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
         else:
             served = ServedModel(backend, model_version, int(time.time()))
         app.state.served = served
+        app.state.key_store = await asyncio.to_thread(KeyStore.from_settings, settings)
         try:
             yield
         finally:
             app.state.served = None
+            app.state.key_store.close()
             if backend is None:
                 await served.backend.aclose()
 
@@ -54,7 +57,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
     app.state.safety = SafetyEngine.from_settings(settings)
     app.state.served = None
     errors.install(app)
-    for router in (health.router, models.router, chat.router):
+    for router in (health.router, models.router, chat.router, admin.router):
         app.include_router(router)
     return app
 

@@ -92,7 +92,9 @@ async def authenticate(
         caller = bootstrap_caller(key_id)
     else:
         logger.info("rejected a request with an unknown API key")
-        raise Unauthenticated("Incorrect API key provided.")
+        raise Unauthenticated("Incorrect API key provided." if ring else
+                              "Incorrect API key provided (make one with `changjak keys create`; "
+                              "CHANGJAK_API_KEYS holds none).")
     if (ctx := context_of(request)) is not None:
         ctx.caller = caller
     return caller
@@ -150,6 +152,14 @@ def declared_scopes(route: Any) -> frozenset[str]:
             found.add(dependant.call.scope)
         stack.extend(dependant.dependencies)
     return frozenset(found)
+
+
+def all_routes(app: Any) -> list[Any]:
+    """Every route of ``app``, those of included routers too, each with ``path``, ``methods``, ``dependant``."""
+    from fastapi import routing
+
+    flatten = getattr(routing, "iter_route_contexts", None)  # FastAPI >= 0.165 includes routers lazily
+    return list(flatten(app.routes)) if flatten else list(app.routes)
 
 
 def public_paths(settings: Any) -> frozenset[str]:
