@@ -14,6 +14,7 @@ from changjak.backends.inference.base import GenerationChunk, GenerationParams, 
 BACKENDS = {
     "transformers": "changjak.backends.inference.transformers:TransformersBackend",
     "fake": "changjak.backends.inference.fake:FakeBackend",
+    "vllm": "changjak.backends.inference.vllm:VllmBackend",
 }
 
 __all__ = ["BACKENDS", "GenerationChunk", "GenerationParams", "InferenceBackend", "create"]
