@@ -1,0 +1,106 @@
+"""The ``openai`` backend against the in-process stand-in server (httpx ASGITransport, and a
+streaming transport where a client hanging up must reach the server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from changjak.backends import inference
+from changjak.backends.inference.base import GenerationParams
+from changjak.backends.inference.openai_upstream import OpenAIUpstreamBackend
+from changjak.errors import BackendError
+from tests.backends.inference.standin import create_standin
+from tests.serve.conftest import StreamingASGITransport
+
+pytestmark = pytest.mark.anyio
+ASK = [{"role": "user", "content": "비 내리는 골목"}]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def upstream(app, **kwargs) -> OpenAIUpstreamBackend:
+    return OpenAIUpstreamBackend("http://upstream/v1", model_id="changjak-writer", transport=httpx.ASGITransport(app),
+                                 **kwargs)
+
+
+async def collect(backend, **params):
+    return [c async for c in backend.generate(ASK, GenerationParams(**params))]
+
+
+async def test_streams_text_then_finish_and_usage() -> None:
+    app = create_standin()
+    backend = upstream(app, api_key="sk-upstream", upstream_model="served-name")
+    chunks = await collect(backend, max_tokens=100, temperature=0.0, top_p=0.9, seed=7)
+    assert "".join(c.text for c in chunks) == "비 내리는 골목"
+    last = chunks[-1]
+    assert (last.text, last.finish_reason) == ("", "stop")
+    assert (last.prompt_tokens, last.completion_tokens) == (len("비 내리는 골목"), len("비 내리는 골목"))
+    sent = app.state.log[-1]
+    assert sent["model"] == "served-name" and sent["stream"] is True
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["seed"]) == (100, 0.0, 0.9, 7)
+    assert "stop" not in sent
+    await backend.aclose()
+
+
+async def test_max_tokens_and_stop_map_to_finish_reasons() -> None:
+    backend = upstream(create_standin())
+    chunks = await collect(backend, max_tokens=3)
+    assert "".join(c.text for c in chunks) == "비 내" and chunks[-1].finish_reason == "length"
+    chunks = await collect(backend, stop=["골"])
+    assert "".join(c.text for c in chunks) == "비 내리는 " and chunks[-1].finish_reason == "stop"
+    await backend.aclose()
+
+
+async def test_upstream_error_status_is_a_backend_error() -> None:
+    backend = upstream(create_standin(status=500))
+    with pytest.raises(BackendError, match="answered 500: stand-in refuses"):
+        await collect(backend)
+
+
+async def test_failure_mid_stream_is_a_backend_error() -> None:
+    backend = upstream(create_standin(fail_after=2))
+    got = []
+    with pytest.raises(BackendError, match="mid-stream"):
+        async for chunk in backend.generate(ASK, GenerationParams()):
+            got.append(chunk.text)
+    assert got == ["비", " "]
+
+
+async def test_unreachable_upstream_is_a_backend_error_and_not_ready() -> None:
+    backend = OpenAIUpstreamBackend("http://127.0.0.1:9/v1", model_id="m", timeout=1)
+    assert not await backend.ready()
+    with pytest.raises(BackendError, match="not answering"):
+        await collect(backend)
+    await backend.aclose()
+
+
+async def test_ready_when_upstream_lists_models() -> None:
+    assert await upstream(create_standin()).ready()
+
+
+async def test_closing_the_stream_cancels_upstream() -> None:
+    app = create_standin(reply="가" * 200, delay=0.01)
+    backend = OpenAIUpstreamBackend("http://upstream/v1", model_id="m", transport=StreamingASGITransport(app))
+    stream = backend.generate(ASK, GenerationParams(max_tokens=200))
+    assert (await anext(stream)).text == "가"
+    await stream.aclose()
+    for _ in range(100):
+        if app.state.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert app.state.cancelled == 1
+    await backend.aclose()
+
+
+def test_registered_by_name_and_needs_an_address() -> None:
+    assert "openai" in inference.BACKENDS
+    with pytest.raises(BackendError, match="upstream server's address"):
+        inference.create("openai", model_id="m")
+    backend = inference.create("openai", model_id="m", base_url="http://x/v1")
+    assert isinstance(backend, OpenAIUpstreamBackend) and backend.upstream_model == "m"
