@@ -168,7 +168,7 @@ class KeyStore:
         """The key with this prefix, seen from ``tenant`` (None: every tenant); 404 when not there."""
         found = self._load(prefix)
         if found is None or (tenant is not None and found[1].tenant != tenant):
-            raise NotFound(f"No API key with the prefix {_shown(prefix)}.", param="prefix", code="key_not_found")
+            raise NotFound("No API key with that prefix.", param="prefix", code="key_not_found")
         return found[1]
 
     def revoke(self, prefix: str, tenant: str | None = None) -> KeyRecord:
@@ -221,12 +221,6 @@ class KeyStore:
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _shown(prefix: str) -> str:
-    """A prefix safe to echo (anything else might be a pasted secret)."""
-    match = _PREFIX.fullmatch(prefix or "")
-    return f"'cj_{match.group(1)}'" if match else "given"
 
 
 def _iso(t: float | None) -> str | None:
