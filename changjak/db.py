@@ -65,4 +65,4 @@ def _import_tables() -> None:
 
 
 # Modules that add tables to ``metadata``; a new store adds its module here.
-TABLE_MODULES: list[str] = ["changjak.serve.keys"]
+TABLE_MODULES: list[str] = ["changjak.serve.keys", "changjak.audit.store", "changjak.feedback.store"]

@@ -1,0 +1,173 @@
+"""One audit record per request, committed before the answer's last byte goes out.
+
+    app.add_middleware(AuditMiddleware, skip=settings.audit.skip_routes)   # inside ContextMiddleware
+    writer = AuditWriter(engine, safety.mask_for_log); await writer.start()  # in the lifespan
+    app.state.audit = writer; ...; await writer.aclose()
+
+:class:`AuditMiddleware` is pure ASGI: every message passes through unchanged. When the response's
+final body message is about to be sent, it builds the record from the request's
+:class:`~changjak.serve.context.RequestContext` and waits until the record is committed, then lets
+the message go; so a client that has the whole answer implies a durable record, even if the
+process is killed the next instant. A request whose client went away, or whose app raised, is
+recorded when it ends (``outcome`` says which). If the record cannot be written the final message
+is not sent: the answer stays incomplete rather than unaudited.
+
+:class:`AuditWriter` is group commit: one task takes every record waiting, appends them in one
+transaction in a worker thread (masking included, off the event loop), and wakes their requests.
+Under load a transaction carries hundreds of records, so the database does one commit for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from changjak.audit import store
+from changjak.errors import ServiceUnavailable
+from changjak.serve.context import RequestContext, context_of
+
+logger = logging.getLogger(__name__)
+SKIP_ROUTES = ("/healthz", "/readyz", "/metrics")
+
+
+class AuditWriter:
+    """Appends records to the audit chain in batches; ``await write(entry)`` returns once it is committed."""
+
+    def __init__(self, engine: Engine, mask: Callable[[str], str], *, max_batch: int = 1000) -> None:
+        self.engine, self.mask, self.max_batch = engine, mask, max_batch
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[int] | None]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches = 0  # transactions committed, for tests and metrics
+
+    @classmethod
+    async def open(cls, engine: Engine, safety: Any, settings: Any) -> AuditWriter | None:
+        """A started writer for ``settings.audit`` (None when the audit trail is off)."""
+        if not settings.enabled:
+            return None
+        writer = cls(engine, safety.mask_for_log, max_batch=settings.max_batch)
+        await writer.start()
+        return writer
+
+    async def start(self) -> None:
+        self._wake, self._closing = asyncio.Event(), False
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def write(self, entry: dict[str, Any]) -> int:
+        """Queue ``entry`` and wait until it is committed; its seq."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(entry, future)
+        return await future
+
+    def submit(self, entry: dict[str, Any]) -> None:
+        """Queue ``entry`` without waiting (a cancelled request cannot wait)."""
+        self._enqueue(entry, None)
+
+    def _enqueue(self, entry: dict[str, Any], future: asyncio.Future[int] | None) -> None:
+        if self._task is None or self._task.done():
+            raise ServiceUnavailable("The audit trail is not running; retry shortly.", code="audit_unavailable")
+        self._pending.append((entry, future))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                try:
+                    seqs = await asyncio.to_thread(self._append, [entry for entry, _ in batch])
+                except Exception:
+                    logger.exception("could not write %d audit records", len(batch))
+                    _settle(batch, None)
+                else:
+                    self.batches += 1
+                    _settle(batch, seqs)
+            if self._closing:
+                return
+
+    def _append(self, entries: list[dict[str, Any]]) -> list[int]:
+        return store.append(self.engine, [store.clean_entry(entry, self.mask) for entry in entries])
+
+    async def aclose(self) -> None:
+        """Write what is still waiting, then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._task = None
+
+
+def _settle(batch: Iterable[tuple[dict[str, Any], asyncio.Future[int] | None]], seqs: list[int] | None) -> None:
+    for i, (_, future) in enumerate(batch):
+        if future is None or future.done():
+            continue
+        if seqs is None:
+            future.set_exception(ServiceUnavailable("The audit record of this request could not be written.",
+                                                    code="audit_unavailable"))
+        else:
+            future.set_result(seqs[i])
+
+
+def entry_of(scope: Scope, ctx: RequestContext, status: int | None, outcome: str) -> dict[str, Any]:
+    """The raw audit entry of a request (cleaned later, in the writer's thread)."""
+    caller = ctx.caller
+    route = scope.get("route")
+    return {"request_id": ctx.request_id, "time": ctx.received_at, "method": scope.get("method", ""),
+            "route": getattr(route, "path", None), "key_prefix": caller.key_id if caller else None,
+            "principal": caller.name if caller else None, "tenant": caller.tenant if caller else None,
+            "model_version": ctx.model_version, "decisions": dict(ctx.decisions), "status": status,
+            "outcome": outcome, "latency_ms": ctx.elapsed_ms(), "prompt_tokens": ctx.prompt_tokens,
+            "completion_tokens": ctx.completion_tokens}
+
+
+class AuditMiddleware:
+    """Pure ASGI: record each request once, committed before its final body message is sent."""
+
+    def __init__(self, app: ASGIApp, *, skip: Iterable[str] = SKIP_ROUTES) -> None:
+        self.app = app
+        self.skip = frozenset(skip)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = context_of(scope) if scope["type"] == "http" and scope["path"] not in self.skip else None
+        writer: AuditWriter | None = getattr(getattr(scope.get("app"), "state", None), "audit", None)
+        if ctx is None or writer is None:
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+        recorded = False
+
+        async def record(outcome: str) -> None:
+            nonlocal recorded
+            recorded = True
+            await writer.write(entry_of(scope, ctx, status, outcome))
+
+        async def audited_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False) and not recorded:
+                await record("complete")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        except asyncio.CancelledError:
+            if not recorded:
+                recorded = True
+                writer.submit(entry_of(scope, ctx, status, "cancelled"))
+            raise
+        except BaseException:
+            if not recorded:
+                status = status or 500  # the error handler outside us answers 500
+                await record("error")
+            raise
+        if not recorded:  # the client went away before the end
+            await record("disconnected")

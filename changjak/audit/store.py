@@ -1,0 +1,218 @@
+"""The audit table and its hash chain: append records in order, verify them, query them.
+
+    from changjak.audit import store
+    store.append(engine, [entry, ...])        # one transaction, under the chain lock
+    result = store.verify(engine)             # result.ok, result.count, result.seq, result.reason
+    store.query(engine, tenant="acme", after=120, limit=100)
+
+Each record carries ``prev_hash`` (the hash of the record before it) and ``hash`` =
+sha256(prev_hash + canonical JSON of its fields), so editing, deleting or inserting a row breaks
+the chain at that ``seq``. ``seq`` is assigned under a lock on the one-row ``audit_chain`` table
+(``SELECT ... FOR UPDATE`` on PostgreSQL; the first write takes SQLite's database write lock), so
+several gateway processes writing to one database still make one linear chain. The chain head also
+records the last seq and hash, so cutting records off the end is caught too.
+
+Every string is masked for PII (``SafetyEngine.mask_for_log``) and has CR/LF and other control
+characters escaped before it is hashed and stored (:func:`clean_entry`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Double, Index, Integer, String, Table, Text, func, select
+from sqlalchemy.engine import Connection, Engine
+
+from changjak.db import metadata
+
+GENESIS = "0" * 64  # prev_hash of the first record
+records = Table(
+    "audit_records", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("request_id", String(128), nullable=False),
+    Column("time", Double, nullable=False),  # unix seconds when the request arrived
+    Column("key_prefix", String(64)),  # the key's visible prefix, never the key
+    Column("principal", String(200)),  # the key's name; null when unauthenticated
+    Column("tenant", String(200)),
+    Column("method", String(16), nullable=False),
+    Column("route", String(300)),  # the route template (/v1/feedback/{feedback_id}); null when none matched
+    Column("model_version", String(100)),
+    Column("decisions", Text, nullable=False),  # canonical JSON
+    Column("status", Integer),
+    Column("outcome", String(16), nullable=False),  # complete | disconnected | error | cancelled
+    Column("latency_ms", Double, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_records_request_id", "request_id"),
+    Index("ix_audit_records_tenant_seq", "tenant", "seq"),
+)
+chain = Table(
+    "audit_chain", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+HASHED = ("seq", "request_id", "time", "key_prefix", "principal", "tenant", "method", "route", "model_version",
+          "decisions", "status", "outcome", "latency_ms", "prompt_tokens", "completion_tokens")
+_LIMITS = {c.name: c.type.length for c in records.columns if isinstance(c.type, String) and c.type.length}
+_ESCAPES = {**{c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]},
+            ord("\r"): "\\r", ord("\n"): "\\n", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029",
+            ord("\\"): "\\\\"}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: CR, LF, tabs, control characters and line separators written as escapes."""
+    return text.translate(_ESCAPES)
+
+
+def clean_entry(entry: dict[str, Any], mask: Callable[[str], str]) -> dict[str, Any]:
+    """The row for ``entry``: strings masked and escaped (and cut to their column), decisions as canonical JSON."""
+
+    def text(value: Any) -> str:
+        return escape(mask(value if isinstance(value, str) else str(value)))
+
+    def tree(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else str(value)
+        if isinstance(value, dict):
+            return {text(k): tree(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [tree(v) for v in value]
+        return text(value)
+
+    row = {}
+    for name in HASHED[1:]:
+        value = entry.get(name)
+        if name == "decisions":
+            value = canonical(tree(value or {}))
+        elif isinstance(value, str):
+            value = text(value)[:_LIMITS.get(name, len(value))]
+        row[name] = value
+    row["time"] = float(row["time"])
+    row["latency_ms"] = round(float(row["latency_ms"] or 0.0), 3)
+    row["prompt_tokens"], row["completion_tokens"] = int(row["prompt_tokens"] or 0), int(row["completion_tokens"] or 0)
+    return row
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def digest(prev_hash: str, row: Any) -> str:
+    """The hash of a record: sha256 of the previous hash and the canonical JSON of its fields."""
+    fields = {name: row[name] for name in HASHED}
+    return hashlib.sha256((prev_hash + canonical(fields)).encode("utf-8")).hexdigest()
+
+
+def append(engine: Engine, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Append cleaned rows (see :func:`clean_entry`) in one transaction; their seqs, in order."""
+    if not rows:
+        return []
+    with engine.begin() as conn:
+        seq, prev = _lock_head(conn)
+        stored = []
+        for row in rows:
+            seq += 1
+            full = {**row, "seq": seq, "prev_hash": prev}
+            full["hash"] = prev = digest(prev, full)
+            stored.append(full)
+        conn.execute(records.insert(), stored)
+        conn.execute(chain.update().where(chain.c.id == 1).values(seq=seq, hash=prev))
+    return [row["seq"] for row in stored]
+
+
+def _lock_head(conn: Connection) -> tuple[int, str]:
+    """The chain head (last seq, last hash), locked until the transaction ends."""
+    name = conn.dialect.name
+    if name in ("postgresql", "sqlite"):
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        # On SQLite this first write takes the database's write lock for the whole transaction.
+        conn.execute(insert(chain).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
+    elif conn.execute(select(chain.c.id)).first() is None:
+        conn.execute(chain.insert().values(id=1, seq=0, hash=GENESIS))
+    head = conn.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1).with_for_update()).one()
+    return int(head.seq), head.hash
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    count: int  # records checked and found intact
+    seq: int | None = None  # the first broken seq
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "count": self.count, "seq": self.seq, "reason": self.reason}
+
+
+def verify(engine: Engine, *, page: int = 5000) -> Verification:
+    """Walk the whole chain in seq order; the first record that is changed, missing or unlinked."""
+    expected, prev, count = 1, GENESIS, 0
+    with engine.connect() as conn:
+        while True:
+            for row in _rows_after(conn, expected - 1, page):
+                if row.seq != expected:
+                    return Verification(False, count, expected, f"missing record: seq {expected} is gone "
+                                        f"(the next stored record is seq {row.seq})")
+                if row.prev_hash != prev:
+                    return Verification(False, count, row.seq, "broken link: its prev_hash is not the hash of "
+                                        "the record before it")
+                if digest(prev, row._mapping) != row.hash:
+                    return Verification(False, count, row.seq, "changed record: its content does not match its hash")
+                prev, expected, count = row.hash, expected + 1, count + 1
+            head = conn.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1)).first()
+            head_seq, head_hash = (int(head.seq), head.hash) if head else (0, GENESIS)
+            if head_seq < count:
+                return Verification(False, count, head_seq + 1, f"records beyond the chain head (seq {head_seq})")
+            if head_seq == count:
+                break
+            if not conn.execute(select(func.count()).select_from(records).where(records.c.seq > count)).scalar():
+                return Verification(False, count, count + 1, f"missing record: the chain head says {head_seq} "
+                                    f"records, the table ends at seq {count}")
+            # records were appended while we walked: go on from where we are
+    if head_hash != prev:
+        return Verification(False, count, head_seq, "broken link: the chain head's hash is not the last record's")
+    return Verification(True, count)
+
+
+def _rows_after(conn: Connection, after: int, page: int) -> Iterator[Any]:
+    while rows := conn.execute(select(records).where(records.c.seq > after).order_by(records.c.seq)
+                               .limit(page)).all():
+        yield from rows
+        after = rows[-1].seq
+
+
+def query(engine: Engine, *, after: int = 0, limit: int = 100, since: float | None = None,
+          until: float | None = None, status: int | None = None, **equal: str | None) -> list[dict[str, Any]]:
+    """Records with seq > ``after`` matching every filter given (``equal``: column=value), oldest first."""
+    stmt = select(records).where(records.c.seq > after)
+    for name, value in equal.items():
+        if value is not None:
+            stmt = stmt.where(records.c[name] == value)
+    if status is not None:
+        stmt = stmt.where(records.c.status == status)
+    if since is not None:
+        stmt = stmt.where(records.c.time >= since)
+    if until is not None:
+        stmt = stmt.where(records.c.time < until)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(stmt.order_by(records.c.seq).limit(limit))]
+
+
+def tail(engine: Engine, n: int = 20) -> list[dict[str, Any]]:
+    """The last ``n`` records, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(records).order_by(records.c.seq.desc()).limit(n)).all()
+    return [dict(row._mapping) for row in reversed(rows)]

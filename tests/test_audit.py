@@ -1,0 +1,181 @@
+"""The audit chain (changjak.audit.store) and ``changjak audit verify|tail`` on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from changjak import cli, db
+from changjak.audit import store
+from changjak.safety.policy import SafetyEngine
+
+PHONE, RRN = "010-2345-6789", "900101-1234568"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request: pytest.FixtureRequest, make_settings):
+    """Settings on a fresh SQLite file, or on a schema of its own in the real PostgreSQL."""
+    if request.param == "sqlite":
+        yield make_settings()
+        return
+    url = request.getfixturevalue("postgres_url")
+    with pg_schema(url) as schema_url:
+        yield make_settings(database_url=schema_url)
+
+
+class pg_schema:  # noqa: N801 - used like a function
+    """A throwaway PostgreSQL schema: its URL while inside, dropped after (parallel runs never meet)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.name = url, f"audit_{uuid.uuid4().hex[:10]}"
+        self.admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    def __enter__(self) -> str:
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {self.name}"))
+        return f"{self.url}?options=-csearch_path%3D{self.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {self.name} CASCADE"))
+        self.admin.dispose()
+
+
+@pytest.fixture
+def engine(settings):
+    engine = db.connect(settings)
+    yield engine
+    engine.dispose()
+
+
+def entry(i: int = 0, **fields) -> dict:
+    return {"request_id": f"req_{i}", "time": time.time(), "method": "POST", "route": "/v1/chat/completions",
+            "key_prefix": "cj_abc", "principal": "app", "tenant": "acme", "model_version": "3",
+            "decisions": {"cache": "miss"}, "status": 200, "outcome": "complete", "latency_ms": 1.23456,
+            "prompt_tokens": 5, "completion_tokens": 7, **fields}
+
+
+def fill(engine, n: int) -> None:
+    store.append(engine, [store.clean_entry(entry(i), str) for i in range(n)])
+
+
+def test_records_chain_in_order_and_verify(engine) -> None:
+    for batch in ([entry(0)], [entry(1), entry(2), entry(3)], [entry(4)]):
+        store.append(engine, [store.clean_entry(e, str) for e in batch])
+    result = store.verify(engine)
+    assert (result.ok, result.count) == (True, 5)
+    rows = store.tail(engine, 10)
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0]["prev_hash"] == store.GENESIS
+    assert all(b["prev_hash"] == a["hash"] for a, b in zip(rows, rows[1:], strict=False))
+
+
+def test_an_empty_trail_verifies(engine) -> None:
+    assert store.verify(engine).to_dict() == {"ok": True, "count": 0, "seq": None, "reason": None}
+
+
+@pytest.mark.parametrize("change", ["status = 500", "decisions = '{}'", "principal = 'someone-else'",
+                                    "latency_ms = 1.0"])
+def test_an_edited_record_breaks_the_chain_at_its_seq(engine, change: str) -> None:
+    fill(engine, 5)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE audit_records SET {change} WHERE seq = 3"))
+    result = store.verify(engine)
+    assert (result.ok, result.seq, result.count) == (False, 3, 2)
+    assert "changed record" in result.reason
+
+
+def test_a_rehashed_forgery_breaks_the_link_of_the_next_record(engine) -> None:
+    fill(engine, 5)
+    with engine.begin() as conn:
+        row = dict(conn.execute(sa.text("SELECT * FROM audit_records WHERE seq = 3")).mappings().one())
+        row["status"] = 204
+        forged = store.digest(row["prev_hash"], row)
+        conn.execute(sa.text("UPDATE audit_records SET status = 204, hash = :h WHERE seq = 3"), {"h": forged})
+    result = store.verify(engine)
+    assert (result.ok, result.seq) == (False, 4)
+    assert "broken link" in result.reason
+
+
+@pytest.mark.parametrize(("deleted", "found"), [(1, 1), (3, 3), (5, 5)])
+def test_a_deleted_record_is_named_by_its_seq(engine, deleted: int, found: int) -> None:
+    fill(engine, 5)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM audit_records WHERE seq = :s"), {"s": deleted})
+    result = store.verify(engine)
+    assert (result.ok, result.seq) == (False, found)
+    assert "missing record" in result.reason
+
+
+def test_strings_are_masked_and_kept_on_one_line(engine, settings) -> None:
+    mask = SafetyEngine.from_settings(settings).mask_for_log
+    raw = entry(principal=f"연락처 {PHONE}", request_id=f"req-{PHONE}",
+                decisions={"note": f"line one\r\nFAKE LOG LINE {RRN}\x1b[31m", f"key {PHONE}": [f"v {PHONE}", 3]})
+    store.append(engine, [store.clean_entry(raw, mask)])
+    with engine.connect() as conn:
+        dump = json.dumps([list(r) for r in conn.execute(sa.text("SELECT * FROM audit_records"))],
+                          ensure_ascii=False)
+    for secret in ("2345", "6789", "1234568"):
+        assert secret not in dump
+    row = store.tail(engine, 1)[0]
+    assert "\r" not in row["decisions"] and "\n" not in row["decisions"] and "\x1b" not in row["decisions"]
+    assert "\\r\\n" in json.loads(row["decisions"])["note"]
+    assert store.verify(engine).ok
+
+
+def test_concurrent_writers_on_two_engines_keep_one_linear_chain(settings) -> None:
+    engines = [db.connect(settings), db.connect(settings)]
+    errors: list[BaseException] = []
+
+    def work(engine, worker: int) -> None:
+        try:
+            for i in range(15):
+                store.append(engine, [store.clean_entry(entry(worker * 100 + i), str) for _ in range(2)])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(engines[w % 2], w)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    result = store.verify(engines[0])
+    assert (result.ok, result.count) == (True, 6 * 15 * 2)
+    for engine in engines:
+        engine.dispose()
+
+
+def test_query_filters_and_pages(engine) -> None:
+    store.append(engine, [store.clean_entry(entry(i, tenant="a" if i % 2 else "b", status=200 + i), str)
+                          for i in range(6)])
+    assert [r["seq"] for r in store.query(engine, tenant="a")] == [2, 4, 6]
+    assert [r["seq"] for r in store.query(engine, tenant="a", after=2, limit=1)] == [4]
+    assert [r["status"] for r in store.query(engine, status=203)] == [203]
+    assert store.query(engine, since=time.time() + 60) == []
+
+
+def test_cli_verify_and_tail(settings, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("CHANGJAK_HOME", str(settings.home)), ("CHANGJAK_DATABASE_URL", settings.database_url)):
+        if value:
+            monkeypatch.setenv(name, value)
+    engine = db.connect(settings)
+    fill(engine, 3)
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact: 3 records" in capsys.readouterr().out
+    assert cli.main(["audit", "tail", "-n", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["seq"] for r in lines] == [2, 3] and lines[0]["time"].endswith("Z")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_records SET tenant = 'evil' WHERE seq = 2"))
+    engine.dispose()
+    assert cli.main(["audit", "verify", "--json"]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"ok": False, "count": 1, "seq": 2,
+                                   "reason": "changed record: its content does not match its hash"}
+    assert "broken at seq 2" in out.err
