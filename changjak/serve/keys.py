@@ -97,12 +97,15 @@ class KeyRecord:
         return out
 
 
+_Found = tuple[str, KeyRecord, Caller]  # (hash, record, caller) of one key
+
+
 class KeyStore:
     """The ``api_keys`` table, with a short-lived lookup cache for serving."""
 
     def __init__(self, engine: Engine, *, cache_ttl_s: float = 2.0) -> None:
         self.engine, self.cache_ttl_s = engine, cache_ttl_s
-        self._cache: dict[str, tuple[float, tuple[str, KeyRecord] | None]] = {}
+        self._cache: dict[str, tuple[float, _Found | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> KeyStore:
@@ -207,14 +210,17 @@ class KeyStore:
             raise Unauthenticated("This API key has been revoked.", code="revoked_api_key")
         if record.expired():
             raise Unauthenticated("This API key has expired; ask an admin for a new one.", code="expired_api_key")
-        return record.to_caller()
+        return found[2]  # built once per lookup: a hot key costs a hash and a compare
 
-    def _lookup(self, prefix: str) -> tuple[str, KeyRecord] | None:
+    def _lookup(self, prefix: str) -> _Found | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.prefix == prefix)).first()
-        return None if row is None else (row.key_hash, KeyRecord.from_row(row))
+        if row is None:
+            return None
+        record = KeyRecord.from_row(row)
+        return row.key_hash, record, record.to_caller()
 
-    def _load(self, prefix: str) -> tuple[str, KeyRecord] | None:
+    def _load(self, prefix: str) -> _Found | None:
         match = _PREFIX.fullmatch(prefix or "")
         return self._lookup(f"cj_{match.group(1)}") if match else None
 

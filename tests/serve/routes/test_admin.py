@@ -107,14 +107,6 @@ async def test_the_sdk_raises_its_own_classes(app: FastAPI, admin: httpx.AsyncCl
             await sdk.get("http://testserver/admin/keys", cast_to=httpx.Response)
 
 
-class FakeCache:
-    def __init__(self) -> None:
-        self.invalidated = 0
-
-    async def invalidate(self) -> None:
-        self.invalidated += 1
-
-
 @pytest.fixture
 def moves(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """The registry's promote/rollback replaced by recorders (tests/registry tests the real ones)."""
@@ -140,7 +132,14 @@ def moves(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 async def test_an_operator_promotes_and_rolls_back_and_the_cache_is_dropped(
         app: FastAPI, admin: httpx.AsyncClient, moves: list[dict]) -> None:
-    app.state.cache = FakeCache()
+    invalidated = []
+    real = app.state.cache.invalidate
+
+    async def invalidate() -> int:
+        invalidated.append(1)
+        return await real()
+
+    app.state.cache.invalidate = invalidate
     operator = await new_key(admin, name="release bot", role="operator", tenant="ops")
     prefix = operator[:11]
     promoted = await admin.post("/admin/models/changjak-writer/promote", json={"version": 3, "reason": "better"},
@@ -154,7 +153,7 @@ async def test_an_operator_promotes_and_rolls_back_and_the_cache_is_dropped(
     assert [(m["action"], m["model"], m["actor"], m["reason"]) for m in moves] == [
         ("promote", "changjak-writer", f"release bot ({prefix})", "better"),
         ("rollback", "changjak-writer", f"release bot ({prefix})", "regression")]
-    assert app.state.cache.invalidated == 2
+    assert len(invalidated) == 2
 
 
 async def test_champion_moves_refused(admin: httpx.AsyncClient, moves: list[dict]) -> None:
@@ -169,4 +168,4 @@ async def test_champion_moves_refused(admin: httpx.AsyncClient, moves: list[dict
     assert (other_alias.status_code, other_alias.json()["error"]["param"]) == (400, "alias")
     assert missing.status_code == 400 and "no version 404" in missing.json()["error"]["message"]
     assert missing.json()["error"]["code"] == "registry_error"
-    assert moves == []  # no cache on app.state: nothing to invalidate, nothing fails
+    assert moves == []
