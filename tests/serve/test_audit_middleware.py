@@ -1,0 +1,223 @@
+"""One audit record per request (changjak.audit.middleware), committed before the answer's last byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from changjak import db
+from changjak.audit import store
+from changjak.backends.inference.fake import FakeBackend
+from changjak.serve.app import create_app
+from tests.serve.conftest import KEY, MODEL, StreamingASGITransport
+from tests.test_audit import pg_schema
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "안녕하세요"}]}
+
+
+def records(app: FastAPI, **filters) -> list[dict]:
+    return store.query(app.state.db, limit=500, **filters)
+
+
+def one(app: FastAPI, request_id: str) -> dict:
+    found = records(app, request_id=request_id)
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_every_kind_of_request_leaves_one_record(app: FastAPI, http: httpx.AsyncClient) -> None:
+    ok = await http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "r-plain"})
+    stream = await http.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers={"X-Request-Id": "r-sse"})
+    anon = await http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "r-anon", "Authorization": ""})
+    bad = await http.post("/v1/chat/completions", json={"model": MODEL}, headers={"X-Request-Id": "r-bad"})
+    lost = await http.get("/v1/nowhere", headers={"X-Request-Id": "r-404"})
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        await http.get(probe, headers={"X-Request-Id": "r-probe"})
+    assert [r.status_code for r in (ok, stream, anon, bad, lost)] == [200, 200, 401, 400, 404]
+    assert stream.text.rstrip().endswith("data: [DONE]")
+
+    plain = one(app, "r-plain")
+    assert (plain["method"], plain["route"], plain["status"], plain["outcome"]) == (
+        "POST", "/v1/chat/completions", 200, "complete")
+    assert plain["key_prefix"].startswith("bootstrap_") and plain["tenant"] == "*"
+    assert plain["latency_ms"] > 0 and plain["completion_tokens"] > 0
+    assert one(app, "r-sse")["status"] == 200
+    unauthenticated = one(app, "r-anon")
+    assert (unauthenticated["status"], unauthenticated["principal"], unauthenticated["key_prefix"]) == (401, None, None)
+    assert one(app, "r-bad")["status"] == 400
+    assert (one(app, "r-404")["status"], one(app, "r-404")["route"]) == (404, None)
+    assert records(app, request_id="r-probe") == []
+    assert store.verify(app.state.db).ok
+
+
+async def test_a_request_whose_app_fails_is_recorded_as_a_500(make_settings) -> None:
+    app = create_app(make_settings(api_keys=KEY), FakeBackend(MODEL, fail_after=0))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        failed = await http.post("/v1/chat/completions", json=CHAT,
+                                 headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "r-boom"})
+        assert failed.status_code == 500
+        record = one(app, "r-boom")
+    assert (record["status"], record["outcome"]) == (500, "error")
+
+
+async def test_a_client_that_hangs_up_mid_stream_is_recorded(make_settings) -> None:
+    app = create_app(make_settings(api_keys=KEY), FakeBackend(MODEL, reply="가" * 200, delay=0.01))
+    transport = StreamingASGITransport(app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        request = http.build_request("POST", "/v1/chat/completions", json={**CHAT, "stream": True},
+                                     headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "r-gone"})
+        response = await http.send(request, stream=True)
+        async for _ in response.aiter_bytes():
+            break
+        await response.aclose()
+        for _ in range(50):
+            if records(app, request_id="r-gone"):
+                break
+            await asyncio.sleep(0.05)
+        record = one(app, "r-gone")
+    assert (record["status"], record["outcome"]) == (200, "disconnected")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_record_is_committed_before_the_final_body_message(app: FastAPI, http: httpx.AsyncClient,
+                                                                     stream: bool) -> None:
+    request_id = f"r-final-{stream}"
+    body = json.dumps({**CHAT, "stream": stream}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "server": ("t", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json"),
+                         (b"x-request-id", request_id.encode())]}
+    forever, sent = asyncio.Event(), [False]
+    seen: list[tuple[bool, int]] = []
+
+    async def receive() -> dict:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await forever.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            final = not message.get("more_body", False)
+            seen.append((final, len(await asyncio.to_thread(records, app, request_id=request_id))))
+
+    await app(scope, receive, send)
+    assert seen[-1] == (True, 1)  # committed when the last byte went out
+    assert all(count == 0 for final, count in seen[:-1])  # and not a moment earlier: streams are not held
+
+
+async def test_concurrent_requests_share_transactions(app: FastAPI, http: httpx.AsyncClient) -> None:
+    before = app.state.audit.batches
+    answers = await asyncio.gather(*(http.post("/v1/chat/completions", json=CHAT) for _ in range(40)))
+    assert {a.status_code for a in answers} == {200}
+    assert app.state.audit.batches - before < 40
+    assert store.verify(app.state.db).count == 40
+
+
+async def test_no_key_and_no_pii_reach_the_table(app: FastAPI, http: httpx.AsyncClient) -> None:
+    fake_key = "sk-live-ZXCVBNM0987654321"
+    phone = "010-2345-6789"
+    await http.post("/v1/chat/completions", json={"model": MODEL, "messages": [
+        {"role": "user", "content": f"제 번호는 {phone}, 키는 {fake_key}"}]}, headers={"X-Request-Id": "r-pii"})
+    await http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {fake_key}"})
+    await http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": f"req-{phone}"})
+    with app.state.db.connect() as conn:
+        dump = json.dumps([list(r) for r in conn.execute(sa.text("SELECT * FROM audit_records"))], ensure_ascii=False)
+    assert dump.count('"POST"') == 3
+    for secret in (fake_key, KEY, "2345-6789", "0987654321"):
+        assert secret not in dump
+
+
+async def test_two_gateways_on_one_postgres_keep_one_chain(make_settings, postgres_url: str) -> None:
+    with pg_schema(postgres_url) as url:
+        settings = make_settings(api_keys=KEY, database_url=url)
+        apps = [create_app(settings, FakeBackend(MODEL)) for _ in range(2)]
+        clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://t",
+                                     headers={"Authorization": f"Bearer {KEY}"}) for a in apps]
+        async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
+            answers = await asyncio.gather(*(clients[i % 2].post("/v1/chat/completions", json=CHAT)
+                                             for i in range(60)))
+            assert {a.status_code for a in answers} == {200}
+            result = store.verify(apps[0].state.db)
+        for client in clients:
+            await client.aclose()
+    assert (result.ok, result.count) == (True, 60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_kill_9_under_load_loses_no_record_of_an_answered_request(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "CHANGJAK_HOME": str(tmp_path / "home"), "CHANGJAK_API_KEYS": KEY,
+           "CHANGJAK_SERVE__LOG_FORMAT": "text"}
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "tests.serve.audit_app:create", "--factory",
+                               "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    answered: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            for _ in range(200):
+                try:
+                    if (await http.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
+
+            async def client(n: int) -> None:
+                while True:
+                    request_id = f"kill-{n}-{uuid.uuid4().hex[:8]}"
+                    try:
+                        response = await http.post("/v1/chat/completions", json=CHAT,
+                                                   headers={"X-Request-Id": request_id})
+                        response.json()  # the whole answer arrived
+                    except (httpx.HTTPError, ValueError):
+                        return
+                    if response.status_code == 200:
+                        answered.append(request_id)
+
+            load = [asyncio.create_task(client(n)) for n in range(16)]
+            started = time.monotonic()
+            while len(answered) < 150 and time.monotonic() - started < 20:
+                await asyncio.sleep(0.02)
+            os.kill(server.pid, signal.SIGKILL)
+            await asyncio.gather(*load)
+    finally:
+        server.kill()
+        server.wait()
+    assert len(answered) >= 50
+    settings_engine = sa.create_engine(f"sqlite:///{tmp_path / 'home' / 'app.db'}")
+    with settings_engine.connect() as conn:
+        stored = {r[0] for r in conn.execute(sa.text("SELECT request_id FROM audit_records"))}
+    settings_engine.dispose()
+    assert set(answered) <= stored, f"{len(set(answered) - stored)} answered requests have no record"
+    from changjak.settings import Settings
+
+    engine = db.connect(Settings.load(home=tmp_path / "home"))
+    result = store.verify(engine)
+    engine.dispose()
+    assert result.ok and result.count == len(stored)
