@@ -86,10 +86,10 @@ async def authenticate(
     if credentials is None:
         raise Unauthenticated("Missing API key: send the header 'Authorization: Bearer <key>'.")
     presented = credentials.credentials
-    if store is not None and store.looks_managed(presented):
-        caller = await store.verify(presented)
-    elif (key_id := ring.identify(presented)) is not None:
+    if (key_id := ring.identify(presented)) is not None:
         caller = bootstrap_caller(key_id)
+    elif store is not None and store.looks_managed(presented):
+        caller = await store.verify(presented)  # 401 itself when unknown, revoked or expired
     else:
         logger.info("rejected a request with an unknown API key")
         raise Unauthenticated("Incorrect API key provided." if ring else

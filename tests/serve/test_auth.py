@@ -158,3 +158,10 @@ def test_the_key_ring_keeps_hashes_only() -> None:
     assert ring.identify("alpha-key") is not None
     assert ring.identify("gamma-key") is None
     assert len(KeyRing([])) == 0
+
+
+async def test_a_bootstrap_key_shaped_like_a_managed_one_still_works(make_settings) -> None:
+    shaped = "cj_0123abcd_" + "b" * 43
+    app = create_app(make_settings(api_keys=shaped), FakeBackend(MODEL))
+    async with serving(app, api_key=shaped) as sdk:
+        assert [m.id async for m in sdk.models.list()] == [MODEL]
