@@ -1,111 +1,111 @@
-"""The transformers backend: a base model with its LoRA adapter merged in, decoded one token at a
-time with the KV cache in a worker thread, so replies stream as they are made.
+"""The transformers backend: a base model (CPU, MPS or CUDA) whose concurrent requests share one
+batched forward pass per token, with LoRA adapters picked per request.
 
-    changjak serve --backend transformers
+    changjak serve --backend transformers      # serve.max_batch_size, serve.max_queue, serve.quantization
 
-One request runs on the model at a time (batching is vLLM's job). Closing the reply's iterator
-stops the decode loop within one step. Text is emitted only once it no longer ends inside a
-multi-byte character, so Hangul is never split, and stop strings are cut even when they span
-tokens.
+``load(base, adapter_dir)`` merges the one adapter into the base (fastest). With ``adapters={name:
+dir}`` the base stays unmerged and every adapter is loaded onto it by name, so the champion and a
+challenger share one model in memory; ``GenerationParams.adapter`` picks one per request (None:
+the ``adapter_dir`` one, loaded as "default", or the bare base). Scheduling, stop strings and
+cancellation are in :mod:`.batching`. ``quantization="int8"`` is torch's dynamic INT8 on the CPU
+(nn.Linear weights; activations stay fp32) or bitsandbytes 8-bit on CUDA; ``"nf4"`` is CUDA only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+import warnings
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams, StopScanner
+from changjak.backends.inference.base import GenerationChunk, GenerationParams
+from changjak.backends.inference.batching import END, Scheduler, Sequence
+from changjak.backends.inference.decoding import IncrementalDecoder
 from changjak.errors import BackendError
 
+__all__ = ["IncrementalDecoder", "TransformersBackend"]
 logger = logging.getLogger(__name__)
-_CONTEXT_TOKENS = 4  # prompt tokens decoded with the reply, so tokenizers that drop a leading space keep it
+QUANTIZATIONS = ("none", "int8", "nf4")
 
 
 class TransformersBackend:
-    def __init__(self, model: Any, tokenizer: Any, *, model_id: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str, adapters: tuple[str, ...] = (),
+                 default_adapter: str | None = None, max_batch_size: int = 8, max_queue: int = 64) -> None:
         if tokenizer.chat_template is None:
             raise BackendError(f"the tokenizer of {model_id} has no chat template",
                                hint="serve an instruction-tuned (chat) base model")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.adapters = adapters  # names loaded on a PEFT model, for GenerationParams.adapter
+        self.default_adapter = default_adapter
         self.eos_ids = _eos_ids(model, tokenizer)
-        # transformers renamed forward's `past_key_values` to `cache` in 5.x; accept both spellings
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._lock = asyncio.Lock()  # released when the decode thread ends, not when the consumer leaves
-        self._stop: threading.Event | None = None  # the running generation's
+        self.scheduler = Scheduler(self.model, tokenizer, self.eos_ids, max_batch_size=max_batch_size,
+                                   max_queue=max_queue)
         self._closed = False
 
     @classmethod
     def load(cls, base_path: Path, adapter_dir: Path | None = None, *, device: str = "auto",
-             dtype: str = "auto", model_id: str) -> TransformersBackend:
-        """Load the base model and tokenizer, and merge the LoRA adapter from ``adapter_dir``."""
+             dtype: str = "auto", model_id: str, adapters: Mapping[str, Path] | None = None,
+             quantization: str = "none", max_batch_size: int = 8, max_queue: int = 64) -> TransformersBackend:
+        """Load the base model and tokenizer, then the LoRA adapter(s), then quantise if asked."""
         from changjak.base_model import load_causal_lm, load_tokenizer
         from changjak.train.device import pick_device, pick_dtype
 
+        quantization = "int8" if dtype == "int8" else quantization or "none"
+        if quantization not in QUANTIZATIONS:
+            raise BackendError(f"unknown quantization {quantization!r}", hint="use none, int8 or nf4")
         device = pick_device(device)
-        model = load_causal_lm(Path(base_path), device=device, dtype=pick_dtype(device, dtype))
-        tokenizer = load_tokenizer(Path(base_path))
-        if adapter_dir is not None:
-            from peft import PeftModel
-
-            try:
-                model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-            except (OSError, ValueError) as e:
-                raise BackendError(f"cannot load the LoRA adapter in {adapter_dir}: {e}",
-                                   hint="check that the registered version's adapter matches its base model") from e
-        logger.info("loaded %s from %s (adapter: %s) on %s", model_id, base_path, adapter_dir, model.device)
-        return cls(model, tokenizer, model_id=model_id)
+        if quantization != "none" and device == "cuda":
+            model = _load_bitsandbytes(Path(base_path), quantization, pick_dtype(device, "auto"))
+        elif quantization == "nf4" or (quantization == "int8" and device != "cpu"):
+            raise BackendError(f"{quantization} quantization is not available on {device}",
+                               hint="use quantization int8 on the CPU, or int8/nf4 on a CUDA GPU")
+        else:  # dynamic INT8 takes fp32 activations
+            dtype = "fp32" if quantization == "int8" else dtype
+            model = load_causal_lm(Path(base_path), device=device, dtype=pick_dtype(device, dtype))
+        model, names, default = _with_adapters(model, adapter_dir, dict(adapters or {}),
+                                               merge=quantization == "none" or device == "cpu")  # not into bnb
+        if quantization == "int8" and device == "cpu":
+            model = quantize_int8(model)
+        logger.info("loaded %s from %s (adapters: %s, quantization: %s) on %s", model_id, base_path,
+                    names or adapter_dir, quantization, device)
+        return cls(model, load_tokenizer(Path(base_path)), model_id=model_id,
+                   adapters=names, default_adapter=default, max_batch_size=max_batch_size, max_queue=max_queue)
 
     async def generate(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[GenerationChunk]:
-        """Stream the reply token by token from a worker thread; closing this iterator stops it."""
+        """Stream the reply as the decode thread makes it; closing this iterator drops the request."""
         if self._closed:
             raise BackendError("the transformers backend is closed")
-        prompt = self.encode(messages)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationChunk | asyncio.Future] = asyncio.Queue()
-        stop = threading.Event()
-
-        def emit(chunk: GenerationChunk) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
-
-        def finished(worker: asyncio.Future) -> None:
-            self._lock.release()
-            queue.put_nowait(worker)  # after every chunk the thread emitted: the loop runs callbacks in order
-
-        await self._lock.acquire()
+        if params.adapter is not None and params.adapter not in self.adapters:
+            raise BackendError(f"no LoRA adapter named {params.adapter!r} is loaded",
+                               hint=f"loaded: {', '.join(self.adapters) or 'none'}")
+        seq = Sequence(self.encode(messages), params, adapter=params.adapter or self.default_adapter,
+                       loop=asyncio.get_running_loop(), tokenizer=self.tokenizer)
+        self.scheduler.submit(seq)
         try:
-            self._stop = stop
-            worker = loop.run_in_executor(None, self._decode, self.model, prompt, params, stop, emit)
-        except BaseException:
-            self._lock.release()
-            raise
-        worker.add_done_callback(finished)
-        try:
-            while not isinstance(item := await queue.get(), asyncio.Future):
+            while (item := await seq.queue.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise BackendError(f"generation failed: {item.__class__.__name__}") from item
                 yield item
-            if (error := item.exception()) is not None:
-                raise BackendError(f"generation failed: {error.__class__.__name__}") from error
+                if item.finish_reason is not None:
+                    return
         finally:
-            stop.set()
+            seq.cancel()
 
     async def ready(self) -> bool:
         """Loaded and not closed (no probe generation: that would queue behind real requests)."""
         return not self._closed
 
     async def aclose(self) -> None:
-        """Stop the running generation (its thread ends within one step) and drop the model.
+        """Stop generating (the decode thread ends after its running step) and drop the model.
 
         It does not wait for that thread: at shutdown the loop that would hear of its end may be gone.
         """
         self._closed = True
-        if self._stop is not None:
-            self._stop.set()
+        self.scheduler.close()
         self.model = None
 
     def encode(self, messages: list[dict]) -> list[int]:
@@ -115,95 +115,52 @@ class TransformersBackend:
                                                      sanitize_control_tokens=True, return_dict=True)
         return list(encoded["input_ids"])
 
-    def _decode(self, model: Any, prompt: list[int], params: GenerationParams, stop: threading.Event,
-                emit: Callable[[GenerationChunk], None]) -> None:
-        import torch
-        from transformers import DynamicCache
 
-        device = model.device
-        generator = torch.Generator(device=device)
-        if params.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(params.seed)
-        decoder = IncrementalDecoder(self.tokenizer, context=prompt[-_CONTEXT_TOKENS:])
-        scanner = StopScanner(params.stop)
-        inputs, cache = torch.tensor([prompt], device=device), DynamicCache(config=model.config)
-        finish: FinishReason = "length"
-        generated, hit = 0, False
-        with torch.inference_mode():
-            while generated < params.max_tokens:
-                if stop.is_set():
-                    logger.debug("generation cancelled after %d tokens", generated)
-                    return
-                out = model(input_ids=inputs, use_cache=True, **{self._cache_arg: cache})  # fills cache
-                token = _pick(out.logits[0, -1], params, generator)
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                generated += 1
-                text, hit = scanner.feed(decoder.push(token))
-                if text:
-                    emit(GenerationChunk(text))
-                if hit:
-                    finish = "stop"
-                    break
-                inputs = torch.tensor([[token]], device=device)
-        if not hit:
-            text, hit = scanner.feed(decoder.flush())
-            text += "" if hit else scanner.flush()
-            finish = "stop" if hit else finish
-            if text:
-                emit(GenerationChunk(text))
-        emit(GenerationChunk(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=generated))
-
-
-class IncrementalDecoder:
-    """Turns token ids into text deltas that never end inside a multi-byte character.
-
-    Each new token is decoded together with the tokens since the last emitted delta; the new text
-    is emitted once it no longer ends in U+FFFD (the bytes of a character not yet complete).
-    """
-
-    def __init__(self, tokenizer: Any, context: Sequence[int] = ()) -> None:
-        self.tokenizer = tokenizer
-        self.ids = list(context)
-        self.prefix = 0  # start of the tokens decoded with each new one
-        self.read = len(self.ids)  # end of the tokens already emitted
-
-    def push(self, token: int) -> str:
-        """Add one token; return the text it completes (often "" mid-character)."""
-        self.ids.append(token)
-        return self._take(final=False)
-
-    def flush(self) -> str:
-        """The text still held back, without an incomplete character at its end."""
-        return self._take(final=True)
-
-    def _take(self, *, final: bool) -> str:
-        emitted = self._text(self.ids[self.prefix:self.read])
-        text = self._text(self.ids[self.prefix:])
-        if not final and (len(text) <= len(emitted) or text.endswith("\ufffd")):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return text[len(emitted):].rstrip("\ufffd") if final else text[len(emitted):]
-
-    def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _pick(logits: Any, params: GenerationParams, generator: Any) -> int:
-    """Greedy at temperature 0; otherwise sample from the top-p nucleus."""
+def quantize_int8(model: Any) -> Any:
+    """Dynamic INT8 for every nn.Linear but the LoRA matrices (small, and they must stay exact)."""
     import torch
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
-    if params.temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p >= 1:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    probs, order = probs.sort(descending=True)
-    probs[probs.cumsum(0) - probs > params.top_p] = 0  # keep the fewest tokens that reach top_p
-    return int(order[torch.multinomial(probs, 1, generator=generator)])
+    spec = {name: default_dynamic_qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and "lora_" not in name}
+    with warnings.catch_warnings():  # torch deprecates the API (for torchao, which needs its own torch build)
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _load_bitsandbytes(path: Path, quantization: str, compute_dtype: Any) -> Any:
+    """8-bit or NF4 weights on CUDA through bitsandbytes (not installed on CPU machines)."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    except ImportError as e:
+        raise BackendError(f"{quantization} on CUDA needs bitsandbytes", hint="pip install bitsandbytes") from e
+    config = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "int8" else
+              BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype))
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=compute_dtype,
+                                                device_map={"": 0})
+
+
+def _with_adapters(model: Any, adapter_dir: Path | None, adapters: dict[str, Path], *,
+                   merge: bool) -> tuple[Any, tuple[str, ...], str | None]:
+    """The model with its adapters, the names a request may pick, and the default adapter's name."""
+    if adapter_dir is None and not adapters:
+        return model, (), None
+    from peft import PeftModel
+
+    named = ({"default": Path(adapter_dir)} if adapter_dir is not None else {}) | adapters
+    path = next(iter(named.values()))
+    try:
+        if merge and adapter_dir is not None and not adapters:
+            return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload(), (), None
+        (first, path), *rest = named.items()
+        model = PeftModel.from_pretrained(model, str(path), adapter_name=first)
+        for name, path in rest:
+            model.load_adapter(str(path), adapter_name=name)
+    except (OSError, ValueError) as e:
+        raise BackendError(f"cannot load the LoRA adapter in {path}: {e}",
+                           hint="check that the registered version's adapter matches its base model") from e
+    return model, tuple(named), "default" if adapter_dir is not None else None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -213,4 +170,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     vocab = tokenizer.get_vocab()
     ids |= {tokenizer.eos_token_id} | {vocab.get(t) for t in ("<|im_end|>", "<|endoftext|>")}
     return {i for i in ids if i is not None}
-

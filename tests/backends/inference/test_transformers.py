@@ -1,4 +1,6 @@
-"""The transformers backend on the tiny Qwen2 with a LoRA adapter merged in."""
+"""The transformers backend on the tiny Qwen2: the contract (merged adapter, and two adapters by
+name), then what batching adds: admission mid-batch, cancellation freeing a slot, a full queue,
+per-request LoRA against the merged model, INT8."""
 
 from __future__ import annotations
 
@@ -11,26 +13,52 @@ import pytest
 
 from changjak.backends.inference.base import GenerationChunk, GenerationParams
 from changjak.backends.inference.transformers import IncrementalDecoder, TransformersBackend
-from changjak.errors import BackendError
-from tests.backends.inference.contract import BackendContract
+from changjak.errors import BackendError, ServiceUnavailable
+from tests.backends.inference.conftest import build_lora_adapter
+from tests.backends.inference.contract import PROMPTS, BackendContract, ask
 
 pytestmark = pytest.mark.anyio
 MESSAGES = [{"role": "user", "content": "소설의 첫 문장을 써 주세요"}]
 KOREAN = "안녕하세요. 오늘 날씨가 정말 좋네요. 주인공은 비 내리는 골목에서 오래된 편지를 발견했다."
 
 
+@pytest.fixture(scope="module")
+def second_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another random adapter: build_lora_adapter's seed, shifted, so its weights differ."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("lora2"))
+    weights = load_file(out / "adapter_model.safetensors")
+    torch.manual_seed(2)
+    save_file({k: torch.randn_like(v) for k, v in weights.items()}, out / "adapter_model.safetensors")
+    return out
+
+
+@pytest.fixture
+def two_adapter_backend(tiny_model_dir: Path, lora_adapter_dir: Path, second_adapter_dir: Path) -> TransformersBackend:
+    """The unmerged tiny model with two LoRA adapters loaded by name (no adapter asked: the bare base)."""
+    return TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="changjak-writer",
+                                    adapters={"champion": lora_adapter_dir, "challenger": second_adapter_dir})
+
+
 class TestTransformersContract(BackendContract):
     @pytest.fixture
     def backend(self, tiny_backend: TransformersBackend) -> TransformersBackend:
-        tiny_backend.model.register_forward_hook(self._count)
-        self.forwards = 0
         return tiny_backend
 
-    def _count(self, *_) -> None:
-        self.forwards += 1
-
     def tokens_generated(self, backend: TransformersBackend) -> int:
-        return self.forwards
+        return backend.scheduler.decoded
+
+
+class TestTransformersWithTwoAdaptersContract(TestTransformersContract):
+    """Champion and challenger on one unmerged base, picked per request, mixed in one batch."""
+
+    adapters = ("champion", "challenger")
+
+    @pytest.fixture
+    def backend(self, two_adapter_backend: TransformersBackend) -> TransformersBackend:
+        return two_adapter_backend
 
 
 async def collect(backend: TransformersBackend, **params) -> list[GenerationChunk]:
@@ -190,3 +218,125 @@ async def test_closing_the_backend_stops_its_generation_and_refuses_more(tiny_ba
 def test_a_missing_adapter_is_a_backend_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="cannot load the LoRA adapter"):
         TransformersBackend.load(tiny_model_dir, tmp_path / "no-adapter", device="cpu", dtype="fp32", model_id="x")
+
+
+def record_batch_sizes(backend: TransformersBackend) -> list[int]:
+    """The batch size of every forward pass (1 for a prefill, the running batch for a decode step)."""
+    sizes: list[int] = []
+    backend.model.register_forward_pre_hook(lambda _m, _a, kw: sizes.append(kw["input_ids"].shape[0]),
+                                            with_kwargs=True)
+    return sizes
+
+
+async def test_a_request_joins_a_running_batch_and_both_answer_as_alone(tiny_backend: TransformersBackend) -> None:
+    long_alone = await collect(tiny_backend, max_tokens=40, temperature=0)
+    short_alone = [c async for c in tiny_backend.generate(ask(PROMPTS[2]), GenerationParams(max_tokens=10, temperature=0))]
+    sizes = record_batch_sizes(tiny_backend)
+    stream = tiny_backend.generate(MESSAGES, GenerationParams(max_tokens=40, temperature=0))
+    first = [await anext(stream)]  # the long one is decoding now
+    short = [c async for c in tiny_backend.generate(ask(PROMPTS[2]), GenerationParams(max_tokens=10, temperature=0))]
+    rest = [c async for c in stream]
+    assert text_of(first + rest) == text_of(long_alone) and rest[-1] == long_alone[-1]
+    assert text_of(short) == text_of(short_alone) and short[-1] == short_alone[-1]
+    assert 2 in sizes  # they shared decode steps
+
+
+async def test_sampled_and_greedy_requests_share_a_batch_and_keep_their_replies(
+        tiny_backend: TransformersBackend) -> None:
+    requests = [dict(temperature=0), dict(temperature=1.0, seed=5), dict(temperature=0.8, top_p=0.9, seed=6)]
+    alone = [text_of(await collect(tiny_backend, max_tokens=20, **r)) for r in requests]
+    sizes = record_batch_sizes(tiny_backend)
+    together = await asyncio.gather(*(collect(tiny_backend, max_tokens=20, **r) for r in requests))
+    assert [text_of(c) for c in together] == alone
+    assert max(sizes) > 1
+
+
+async def test_no_more_than_max_batch_size_decode_at_once(tiny_model_dir: Path) -> None:
+    backend = TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="x", max_batch_size=3)
+    sizes = record_batch_sizes(backend)
+    replies = await asyncio.gather(*(collect(backend, max_tokens=6, temperature=0) for _ in range(7)))
+    assert all(r[-1].completion_tokens == 6 for r in replies)
+    assert max(sizes) == 3
+    assert len({text_of(r) for r in replies}) == 1
+
+
+async def test_cancelling_frees_the_slot_for_the_next_request(tiny_model_dir: Path) -> None:
+    backend = TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="x",
+                                       max_batch_size=1, max_queue=1)
+    stream = backend.generate(MESSAGES, GenerationParams(max_tokens=1000, temperature=0))
+    await anext(stream)
+    await stream.aclose()
+    # with one slot, this only ends if the closed request left it (a hang guard, not a timing assert)
+    chunks = await asyncio.wait_for(collect(backend, max_tokens=5, temperature=0), timeout=60)
+    assert chunks[-1].completion_tokens == 5
+    assert backend.scheduler.decoded < 1000
+    await backend.aclose()
+
+
+async def test_a_full_queue_is_refused_with_503(tiny_model_dir: Path) -> None:
+    backend = TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="x",
+                                       max_batch_size=1, max_queue=1)
+    release = threading.Event()
+
+    def hold(*_) -> None:  # the first request's prefill waits here
+        release.wait(timeout=30)
+
+    backend.model.register_forward_pre_hook(hold)
+    running = backend.generate(MESSAGES, GenerationParams(max_tokens=4, temperature=0))
+    queued = backend.generate(MESSAGES, GenerationParams(max_tokens=4, temperature=0))
+    first, second = asyncio.ensure_future(anext(running)), asyncio.ensure_future(anext(queued))
+    await asyncio.sleep(0)  # both are submitted: one decoding (held), one waiting
+    with pytest.raises(ServiceUnavailable) as refused:
+        await collect(backend, max_tokens=4)
+    assert refused.value.status_code == 503 and refused.value.code == "model_overloaded"
+    release.set()
+    assert (await first).text and (await second).text  # the two it took still answer
+    await running.aclose()
+    await queued.aclose()
+    await backend.aclose()
+
+
+async def test_a_named_adapter_answers_as_the_same_adapter_merged(
+        two_adapter_backend: TransformersBackend, tiny_backend: TransformersBackend) -> None:
+    merged = text_of(await collect(tiny_backend, max_tokens=16, temperature=0))  # lora_adapter_dir, merged
+    named = text_of(await collect(two_adapter_backend, max_tokens=16, temperature=0, adapter="champion"))
+    base = text_of(await collect(two_adapter_backend, max_tokens=16, temperature=0))
+    assert named == merged != base
+
+
+async def test_an_adapter_dir_and_named_adapters_load_side_by_side(
+        tiny_model_dir: Path, lora_adapter_dir: Path, second_adapter_dir: Path,
+        tiny_backend: TransformersBackend) -> None:
+    backend = TransformersBackend.load(tiny_model_dir, lora_adapter_dir, device="cpu", dtype="fp32", model_id="x",
+                                       adapters={"challenger": second_adapter_dir})
+    assert backend.adapters == ("default", "challenger")
+    merged = text_of(await collect(tiny_backend, max_tokens=16, temperature=0))
+    assert text_of(await collect(backend, max_tokens=16, temperature=0)) == merged  # None: the adapter_dir one
+    assert text_of(await collect(backend, max_tokens=16, temperature=0, adapter="challenger")) != merged
+
+
+async def test_int8_quantises_the_linear_layers_and_still_answers(tiny_model_dir: Path, lora_adapter_dir: Path,
+                                                                  second_adapter_dir: Path) -> None:
+    backend = TransformersBackend.load(tiny_model_dir, lora_adapter_dir, device="cpu", dtype="auto",
+                                       model_id="x", quantization="int8")
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    modules = list(backend.model.modules())
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in modules)
+    assert not any(isinstance(m, torch.nn.Linear) for m in modules)  # lm_head included
+    chunks = await collect(backend, max_tokens=8, temperature=0)
+    assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == ("length", 8)
+
+    two = TransformersBackend.load(tiny_model_dir, device="cpu", dtype="int8", model_id="x",
+                                   adapters={"a": lora_adapter_dir, "b": second_adapter_dir})
+    a, b = await asyncio.gather(collect(two, max_tokens=12, temperature=0, adapter="a"),
+                                collect(two, max_tokens=12, temperature=0, adapter="b"))
+    assert text_of(a) != text_of(b)
+
+
+def test_quantization_that_cannot_run_here_is_a_backend_error(tiny_model_dir: Path) -> None:
+    with pytest.raises(BackendError, match="nf4 quantization is not available on cpu"):
+        TransformersBackend.load(tiny_model_dir, device="cpu", model_id="x", quantization="nf4")
+    with pytest.raises(BackendError, match="unknown quantization"):
+        TransformersBackend.load(tiny_model_dir, device="cpu", model_id="x", quantization="int3")

@@ -1,0 +1,249 @@
+"""Continuous batching for the transformers backend: one decode thread owns the model and runs
+every admitted request in one batched forward pass per token.
+
+    scheduler = Scheduler(model, tokenizer, eos_ids, max_batch_size=8, max_queue=64)
+    scheduler.submit(Sequence(prompt_ids, params, adapter=None, loop=loop, tokenizer=tokenizer))
+    ... chunks arrive on sequence.queue; sequence.cancel() drops it before the next step
+
+Between two decode steps the thread drops finished and cancelled sequences, then admits waiting
+ones: each is prefilled alone (no padding, so no fully masked rows), and its KV cache is merged
+into the batch's, left-padded to a common length, with a 2-D attention mask marking the padding
+and position ids counted per sequence. A batch mixes greedy and sampled requests (each with its
+own seeded generator) and, on a PEFT model, LoRA adapters (PEFT's ``adapter_names``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams, StopScanner
+from changjak.backends.inference.decoding import IncrementalDecoder, pick
+from changjak.errors import BackendError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+END = object()  # put on a sequence's queue when the backend closes under it
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+_CONTEXT_TOKENS = 4  # prompt tokens decoded with the reply, so tokenizers that drop a leading space keep it
+
+
+class Sequence:
+    """One request's state: its prompt, the decoding so far, and the queue its chunks go to."""
+
+    def __init__(self, prompt: list[int], params: GenerationParams, *, adapter: str | None,
+                 loop: asyncio.AbstractEventLoop, tokenizer: Any) -> None:
+        self.prompt, self.params, self.adapter = prompt, params, adapter
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.decoder = IncrementalDecoder(tokenizer, context=prompt[-_CONTEXT_TOKENS:])
+        self.scanner = StopScanner(params.stop)
+        self.generator: Any = None  # made on the decode thread
+        self.generated = 0  # completion tokens so far
+        self.length = len(prompt)  # real tokens in the KV cache: the next token's position
+        self.next_token = -1  # picked, not yet in the cache
+        self.cancelled = self.done = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def emit(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is gone: nobody is listening
+            self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, model: Any, tokenizer: Any, eos_ids: set[int], *, max_batch_size: int = 8,
+                 max_queue: int = 64) -> None:
+        self.model, self.tokenizer, self.eos_ids = model, tokenizer, eos_ids
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.peft = hasattr(model, "peft_config")
+        base = model.get_base_model() if self.peft else model
+        self.config = base.config
+        if any(kind != "full_attention" for kind in getattr(self.config, "layer_types", None) or []):
+            raise BackendError("the transformers backend batches full-attention models only",
+                               hint="serve this model with the llamacpp or vllm backend")
+        params = inspect.signature(base.forward).parameters
+        # transformers 5.x renamed forward's `past_key_values` to `cache`; accept both spellings
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.keep_logits = "logits_to_keep" in params
+        self.device = next(model.parameters()).device
+        self.decoded = 0  # tokens picked, over every sequence (cancelled ones too)
+        self.waiting: deque[Sequence] = deque()
+        self.batch: list[Sequence] = []  # row i of the cache and mask is batch[i]
+        self.admitting = 0  # taken from the queue, not yet in the batch
+        self.cache: Any = None
+        self.mask: Any = None
+        self.closed = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue ``seq`` for the next admission; refuse when the batch and the queue are full."""
+        with self._wake:
+            if self.closed:
+                raise BackendError("the transformers backend is closed")
+            if len(self.waiting) + self.admitting + len(self.batch) >= self.max_batch_size + self.max_queue:
+                raise ServiceUnavailable(f"The model is busy ({len(self.waiting)} requests waiting); retry shortly.",
+                                         code="model_overloaded")
+            self.waiting.append(seq)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="changjak-decode", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop after the running step; waiting and running sequences get END."""
+        with self._wake:
+            self.closed = True
+            self._wake.notify()
+            if self._thread is None:
+                self._end_all()
+
+    def _run(self) -> None:
+        import torch
+
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._wake:
+                        while not (self.closed or self.waiting or self.batch):
+                            self._wake.wait()
+                        if self.closed:
+                            return
+                        room = self.max_batch_size - sum(not (s.done or s.cancelled) for s in self.batch)
+                        admitted = [self.waiting.popleft() for _ in range(min(room, len(self.waiting)))]
+                        self.admitting = len(admitted)
+                    try:
+                        for seq in admitted:
+                            self._admit(seq)
+                            self.admitting -= 1
+                        self._step()
+                    except Exception as e:  # noqa: BLE001 - every request in the batch hears of it
+                        logger.exception("decode step failed")
+                        for seq in {id(s): s for s in self.batch + admitted}.values():
+                            if not seq.done:
+                                seq.emit(e)
+                        self.batch, self.cache, self.mask, self.admitting = [], None, None, 0
+        finally:
+            with self._wake:
+                self._end_all()
+
+    def _end_all(self) -> None:
+        for seq in self.batch + list(self.waiting):
+            if not seq.done:
+                seq.emit(END)
+        self.batch, self.cache, self.mask, self.model = [], None, None, None
+        self.waiting.clear()
+
+    def _admit(self, seq: Sequence) -> None:
+        """Prefill ``seq`` alone, pick its first token, and merge its cache into the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        if seq.cancelled:
+            return
+        if seq.params.max_tokens <= 0:
+            self._finish(seq, "length")
+            return
+        seq.generator = torch.Generator(device=self.device)
+        if seq.params.seed is None:
+            seq.generator.seed()
+        else:
+            seq.generator.manual_seed(seq.params.seed)
+        ids = torch.tensor([seq.prompt], device=self.device)
+        cache = DynamicCache(config=self.config)
+        positions = torch.arange(len(seq.prompt), device=self.device)[None]
+        logits = self._forward(ids, torch.ones_like(ids), positions, cache, [seq.adapter])
+        if self._advance(seq, pick(logits[0], seq.params, seq.generator)):
+            self._merge(seq, cache)
+
+    def _step(self) -> None:
+        """Drop finished and cancelled sequences, then one batched forward: a token for each."""
+        import torch
+
+        self._keep([i for i, s in enumerate(self.batch) if not (s.done or s.cancelled)])
+        if not self.batch:
+            return
+        ids = torch.tensor([[s.next_token] for s in self.batch], device=self.device)
+        positions = torch.tensor([[s.length] for s in self.batch], device=self.device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.batch), 1)], dim=1)
+        logits = self._forward(ids, self.mask, positions, self.cache, [s.adapter for s in self.batch])
+        greedy = logits.argmax(dim=-1).tolist()
+        for i, seq in enumerate(self.batch):
+            seq.length += 1
+            sampled = seq.params.temperature != 0
+            self._advance(seq, pick(logits[i], seq.params, seq.generator) if sampled else greedy[i])
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str | None]) -> Any:
+        kwargs: dict[str, Any] = {self.cache_arg: cache}
+        if self.keep_logits:
+            kwargs["logits_to_keep"] = 1  # the last position only: no vocabulary-wide logits per prompt token
+        if self.peft:
+            kwargs["adapter_names"] = [a or BASE for a in adapters]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        return out.logits[:, -1]
+
+    def _advance(self, seq: Sequence, token: int) -> bool:
+        """Take ``token`` for ``seq``: stream its text; False once the sequence has finished."""
+        self.decoded += 1
+        if token in self.eos_ids:
+            self._finish(seq, "stop")
+            return False
+        seq.generated += 1
+        text, hit = seq.scanner.feed(seq.decoder.push(token))
+        if text:
+            seq.emit(GenerationChunk(text))
+        if hit or seq.generated >= seq.params.max_tokens:
+            self._finish(seq, "stop" if hit else "length", hit=hit)
+            return False
+        seq.next_token = token
+        return True
+
+    def _finish(self, seq: Sequence, reason: FinishReason, *, hit: bool = False) -> None:
+        if not hit:  # the held-back text may still hold a stop string
+            text, hit = seq.scanner.feed(seq.decoder.flush())
+            text += "" if hit else seq.scanner.flush()
+            reason = "stop" if hit else reason
+            if text:
+                seq.emit(GenerationChunk(text))
+        seq.done = True
+        seq.emit(GenerationChunk(finish_reason=reason, prompt_tokens=len(seq.prompt),
+                                 completion_tokens=seq.generated))
+
+    def _merge(self, seq: Sequence, cache: Any) -> None:
+        """Append ``seq``'s prefilled cache to the batch's, left-padding the shorter one."""
+        import torch
+        import torch.nn.functional as F
+
+        mask = torch.ones(1, seq.length, dtype=torch.long, device=self.device)
+        if not self.batch:
+            self.cache, self.mask = cache, mask
+        else:
+            n = max(self.mask.shape[1], seq.length)
+            self.mask = torch.cat([F.pad(m, (n - m.shape[1], 0)) for m in (self.mask, mask)])
+            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([F.pad(t, (0, 0, n - t.shape[-2], 0)) for t in (mine.keys, theirs.keys)])
+                mine.values = torch.cat([F.pad(t, (0, 0, n - t.shape[-2], 0)) for t in (mine.values, theirs.values)])
+        self.batch.append(seq)
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` of the batch, and cut the padding columns no sequence needs any more."""
+        import torch
+
+        if len(rows) == len(self.batch):
+            return
+        self.batch = [self.batch[i] for i in rows]
+        if not rows:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(rows, device=self.device)
+        start = int(self.mask[index].any(dim=0).long().argmax())  # the first column some row still uses
+        self.mask = self.mask[index, start:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
