@@ -13,13 +13,16 @@ its hash chain, ``middleware`` writes a record for every request before its answ
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from changjak.errors import ChangjakError
 
 if TYPE_CHECKING:
     from changjak.settings import Settings
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class AuditBroken(ChangjakError):
@@ -61,5 +64,12 @@ def main_tail(settings: Settings, n: int = 20) -> None:
 
 def public(row: dict[str, Any]) -> dict[str, Any]:
     """A stored record as the API and the CLI show it: ISO time, decisions parsed."""
-    return {**row, "time": datetime.fromtimestamp(row["time"], UTC).isoformat().replace("+00:00", "Z"),
-            "decisions": json.loads(row["decisions"])}
+    return {**row, "time": iso_time(row["time"]), "decisions": json.loads(row["decisions"])}
+
+
+def iso_time(seconds: float) -> str:
+    """Unix seconds as ISO 8601 UTC, cut (not rounded) to the microsecond: ``since=`` that time finds it."""
+    micro = int(seconds * 1_000_000)
+    if micro / 1_000_000 > seconds:
+        micro -= 1
+    return (_EPOCH + timedelta(microseconds=micro)).isoformat().replace("+00:00", "Z")
