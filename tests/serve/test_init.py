@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import signal
 
 import httpx
 import pytest
@@ -17,6 +18,17 @@ from changjak.safety.logs import MaskPii
 from changjak.serve import app as app_module
 from changjak.serve.deps import ServedModel
 from tests.serve.conftest import KEY, MODEL
+
+
+@pytest.fixture(autouse=True)
+def restore_process_state():
+    """main() sets a SIGTERM handler and a root log handler for the process: undo both."""
+    sigterm, root = signal.getsignal(signal.SIGTERM), list(logging.getLogger().handlers)
+    level = logging.getLogger().level
+    yield
+    signal.signal(signal.SIGTERM, sigterm)
+    logging.getLogger().handlers[:] = root
+    logging.getLogger().setLevel(level)
 
 
 async def readiness(app) -> dict:
