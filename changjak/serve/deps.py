@@ -14,6 +14,8 @@ from fastapi import Depends, Request
 from changjak.backends.inference import InferenceBackend
 from changjak.errors import ServiceUnavailable
 from changjak.safety.policy import SafetyEngine
+from changjak.serve.cache import ResponseCache
+from changjak.serve.limits import Limiter
 from changjak.settings import Settings
 
 
@@ -55,6 +57,24 @@ def get_safety(request: Request) -> SafetyEngine:
     return request.app.state.safety
 
 
+def get_cache(request: Request) -> ResponseCache:
+    """The response cache (built in the lifespan: in Redis when configured)."""
+    cache = getattr(request.app.state, "cache", None)
+    if cache is None:
+        raise ServiceUnavailable("The server is starting; retry shortly.", code="not_ready")
+    return cache
+
+
+def get_limiter(request: Request) -> Limiter:
+    """The per-key limiter (built in the lifespan: in Redis when configured)."""
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is None:
+        raise ServiceUnavailable("The server is starting; retry shortly.", code="not_ready")
+    return limiter
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Safety = Annotated[SafetyEngine, Depends(get_safety)]
 Served = Annotated[ServedModel, Depends(get_served)]
+Cache = Annotated[ResponseCache, Depends(get_cache)]
+Limits = Annotated[Limiter, Depends(get_limiter)]

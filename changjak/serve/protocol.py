@@ -2,7 +2,9 @@
 
 Requests accept fields this server does not know: they are ignored and their names (never their
 values) logged at debug level. Validation failures become 400s in the error shape at the bottom
-of this file (see ``changjak.serve.errors``). Streams are server-sent events: one
+of this file (see ``changjak.serve.errors``). Text fields refuse NUL bytes and lone surrogates
+(400 naming the field, never a 500 later); :func:`check_bounds` holds a request to
+``settings.limits`` (message count, prompt length, stop-string length). Streams are server-sent events: one
 ``data: <chunk JSON>`` per event and ``data: [DONE]`` at the end.
 """
 
@@ -11,7 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from changjak.errors import BadRequest
 
 logger = logging.getLogger(__name__)
 FinishReason = Literal["stop", "length", "content_filter"]
@@ -24,6 +28,19 @@ def sse_event(payload: BaseModel) -> str:
 
 
 # Requests
+
+
+def _clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean_text)]  # what every free-text field of a request is
 
 
 class _Lenient(BaseModel):
@@ -39,8 +56,8 @@ class _Lenient(BaseModel):
 
 class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant"]
-    content: str
-    name: str | None = None
+    content: Text
+    name: Text | None = None
 
 
 class StreamOptions(_Lenient):
@@ -48,18 +65,18 @@ class StreamOptions(_Lenient):
 
 
 class ChatCompletionRequest(_Lenient):
-    model: str
+    model: Text
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name; wins over max_tokens
     temperature: float | None = Field(None, ge=0, le=2)  # None = 1.0, as OpenAI
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=4)
+    stop: list[Annotated[Text, Field(min_length=1)]] | None = Field(None, max_length=4)
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
-    user: str | None = None
+    user: Text | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -81,6 +98,20 @@ class ChatCompletionRequest(_Lenient):
         if v not in (None, 1):
             raise ValueError("only n=1 is supported: this server returns one choice per request")
         return v
+
+
+def check_bounds(request: ChatCompletionRequest, limits: Any) -> None:
+    """BadRequest naming the parameter when ``request`` is beyond ``settings.limits``."""
+    if len(request.messages) > limits.max_messages:
+        raise BadRequest(f"Invalid 'messages': at most {limits.max_messages} messages per request on this server.",
+                         param="messages", code="invalid_value")
+    if sum(len(m.content) for m in request.messages) > limits.max_prompt_chars:
+        raise BadRequest(f"Invalid 'messages': the messages together may hold at most {limits.max_prompt_chars} "
+                         "characters on this server.", param="messages", code="context_length_exceeded")
+    for i, stop in enumerate(request.stop or []):
+        if len(stop) > limits.max_stop_chars:
+            raise BadRequest(f"Invalid 'stop[{i}]': a stop string may be at most {limits.max_stop_chars} characters.",
+                             param=f"stop[{i}]", code="invalid_value")
 
 
 # Responses

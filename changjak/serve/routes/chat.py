@@ -5,10 +5,18 @@ text, a last chunk with ``finish_reason``, a usage chunk when ``stream_options.i
 then ``data: [DONE]``. Every chunk carries the same ``id`` and ``created``. If the backend fails
 mid-stream, an error event goes out before ``[DONE]``; if the client goes away, generation stops.
 
-The safety policy (``changjak.serve.guard``) sees the request before the model (a refused message
-is a 400 ``content_policy_violation``) and the answer after it: a whole answer the policy withholds
+Order per request: bounds (``protocol.check_bounds``), the key's limits (``changjak.serve.limits``:
+a 429 before any work; the reservation is settled, and the concurrency slot freed, when the
+response ends, however it ends), the safety policy on the request (``changjak.serve.guard``: a
+refused message is a 400 ``content_policy_violation``), the response cache
+(``changjak.serve.cache``; header ``X-Changjak-Cache: hit|miss`` on the answer), then the model.
+The answer, fresh or cached, goes through the policy's answer checks: a whole answer it withholds
 comes back empty with ``finish_reason: "content_filter"``; a stream it cuts ends with that
-finish_reason and an error event, and its generation stops.
+finish_reason and an error event, and its generation stops. A cached hit is sent as a short stream
+when ``stream`` is true.
+
+The request context gets the model version, the token counts (what the model processed: 0 for a
+hit) and ``decisions["limits"|"cache"|"safety"]``.
 """
 
 from __future__ import annotations
@@ -16,21 +24,26 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Response
+import anyio
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from changjak.backends.inference import GenerationChunk, GenerationParams
+from changjak.backends.inference import GenerationParams
 from changjak.errors import BadRequest, ContentPolicyViolation, NotFound
 from changjak.safety.policy import ContentBlocked
 from changjak.serve import guard
 from changjak.serve.auth import Principal
-from changjak.serve.deps import Safety, Served, ServedModel, SettingsDep
+from changjak.serve.cache import HEADER, CachedAnswer, ResponseCache, wanted
+from changjak.serve.context import RequestContext, context_of
+from changjak.serve.deps import Cache, Limits, Safety, Served, ServedModel, SettingsDep
 from changjak.serve.errors import to_api_error
 from changjak.serve.guard import GuardedChat
+from changjak.serve.limits import Lease
 from changjak.serve.protocol import (
     SSE_DONE,
     AssistantMessage,
@@ -42,6 +55,7 @@ from changjak.serve.protocol import (
     Delta,
     ErrorBody,
     Usage,
+    check_bounds,
     sse_event,
 )
 from changjak.settings import ServeSettings
@@ -52,23 +66,54 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pr
 
 
 @router.post("/chat/completions", response_model=None)
-async def create_chat_completion(body: ChatCompletionRequest, _: Principal, served: Served,
-                                 settings: SettingsDep, safety: Safety,
-                                 response: Response) -> ChatCompletion | StreamingResponse:
+async def create_chat_completion(body: ChatCompletionRequest, caller: Principal, served: Served,
+                                 settings: SettingsDep, safety: Safety, cache: Cache, limiter: Limits,
+                                 request: Request, response: Response) -> ChatCompletion | StreamingResponse:
     """Answer a chat, whole or streamed as server-sent events."""
     if body.model != served.model_id:
         raise NotFound(f"Unknown model; this server serves '{served.model_id}' (see GET /v1/models).",
                        param="model", code="model_not_found")
+    check_bounds(body, settings.limits)
     params = _generation_params(body, settings.serve)
-    chat = guard.request(safety, settings, body.messages)
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model_id,
-            "system_fingerprint": served.fingerprint}
-    if body.stream:
+    ctx = context_of(request) or RequestContext(request_id="-")
+    ctx.model_version = served.version
+    prompt_estimate = sum(len(m.content) for m in body.messages)  # ~ tokens; settled to the real count
+    lease = await limiter.admit(caller, prompt_estimate + params.max_tokens, ctx.decisions)
+    run = _Run(ctx, lease, prompt_estimate)
+    handed_off = False  # a fresh stream finishes when it ends (_ClosingStream), not here
+    try:
+        try:
+            chat = guard.request(safety, settings, body.messages, caller.tenant)
+        except ContentPolicyViolation:
+            ctx.decisions["safety"] = {"request": "refused"}
+            raise
+        run.chat = chat
+        key, hit = (None, None)
+        if cache.enabled and wanted(request.headers, params):
+            key, hit = await cache.lookup(caller.tenant, served.model_id, served.version, None, params,
+                                          body.messages)
+        ctx.decisions["cache"] = "hit" if hit else ("miss" if key else "skip")
+        headers = {**served.headers, **({HEADER: ctx.decisions["cache"]} if key else {})}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model_id,
+                "system_fingerprint": served.fingerprint}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(served, chat, params, head, include_usage),
-                                 media_type="text/event-stream", headers={**_SSE_HEADERS, **served.headers})
-    response.headers.update(served.headers)
-    return await _complete(served, chat, params, head)
+        if hit is not None:  # it holds no slot past this function and costs no model tokens
+            content, withheld = chat.answer(hit.content)
+            if body.stream:
+                return StreamingResponse(_replay(hit, content, withheld, head, include_usage),
+                                         media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+            response.headers.update(headers)
+            return _completion(head, content, "content_filter" if withheld else hit.finish_reason, hit)
+        if body.stream:
+            stream = _stream(served, chat, params, head, include_usage, run, cache, key)
+            handed_off = True
+            return _ClosingStream(stream, run.finish, media_type="text/event-stream",
+                                  headers={**_SSE_HEADERS, **headers})
+        response.headers.update(headers)
+        return await _complete(served, chat, params, head, run, cache, key)
+    finally:
+        if not handed_off:
+            await run.finish()
 
 
 def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> GenerationParams:
@@ -86,42 +131,101 @@ def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> Gen
                             stop=list(body.stop or []), seed=body.seed)
 
 
-async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationParams,
-                    head: dict[str, Any]) -> ChatCompletion:
+@dataclass
+class _Run:
+    """One request's accounting: what the model processed, settled once the response has ended."""
+
+    ctx: RequestContext
+    lease: Lease
+    prompt_estimate: int
+    chat: GuardedChat | None = None
+    generating: bool = False  # the model was asked
+    pieces: int = 0  # deltas received from the backend (a lower bound on tokens, if it never finishes)
+    usage: Usage | None = None  # the backend's own counts, once it has finished
+
+    async def finish(self) -> None:
+        if self.usage is not None:
+            self.ctx.prompt_tokens, self.ctx.completion_tokens = self.usage.prompt_tokens, self.usage.completion_tokens
+            used = self.usage.total_tokens
+        else:  # refused, a hit, or failed/hung up before the counts came: what it plausibly cost
+            used = self.prompt_estimate + self.pieces if self.generating else 0
+        if self.chat is not None:
+            self.ctx.decisions["safety"] = {
+                "request": [v for v in self.chat.verdicts if v.get("surface") == "request"],
+                "answer": [v for v in self.chat.verdicts if v.get("surface") != "request"]}
+        try:
+            await self.lease.settle(used)
+        except Exception:  # the lease lapses by itself (concurrency_lease_s); the answer stands
+            logger.exception("could not settle the limits of request %s", self.ctx.request_id)
+
+
+class _ClosingStream(StreamingResponse):
+    """A stream that, however it ends (done, client gone, error), closes its generator, then ``on_close``."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._content, self._on_close = content, on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._content.aclose()  # stops the generation of a client that hung up
+                await self._on_close()
+
+
+def _completion(head: dict[str, Any], content: str, finish_reason: str, counts: Any) -> ChatCompletion:
+    return ChatCompletion(**head, usage=_usage(counts), choices=[
+        Choice(message=AssistantMessage(content=content), finish_reason=finish_reason)])
+
+
+async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
+                    run: _Run, cache: ResponseCache, key: str | None) -> ChatCompletion:
     parts: list[str] = []
+    run.generating = True
     async with aclosing(served.backend.generate(chat.messages, params)) as chunks:
         async for chunk in chunks:
             parts.append(chunk.text)
+            run.pieces += 1
             last = chunk
+    run.usage = _usage(last)
     content, withheld = chat.answer("".join(parts))
-    return ChatCompletion(**head, usage=_usage(last), choices=[
-        Choice(message=AssistantMessage(content=content),
-               finish_reason="content_filter" if withheld else last.finish_reason)])
+    if key and not withheld and not chat.vault:  # an answer holding the user's own PII is never stored
+        await cache.store(key, CachedAnswer(content, last.finish_reason, last.prompt_tokens, last.completion_tokens))
+    return _completion(head, content, "content_filter" if withheld else last.finish_reason, last)
 
 
 async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool, run: _Run, cache: ResponseCache, key: str | None) -> AsyncIterator[str]:
     def event(**fields: Any) -> str:
         return sse_event(ChatCompletionChunk(**head, **fields))
 
     yield event(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
     answer = chat.stream()
+    sent: list[str] = []
+    run.generating = True
     try:
         async with aclosing(served.backend.generate(chat.messages, params)) as chunks:
             async for chunk in chunks:
+                run.pieces += 1
                 if text := answer.feed(chunk.text):
+                    sent.append(text)
                     yield event(choices=[ChunkChoice(delta=Delta(content=text))])
                 last = chunk
+        run.usage = _usage(last)
         if text := answer.finish():
+            sent.append(text)
             yield event(choices=[ChunkChoice(delta=Delta(content=text))])
+        if key and not chat.vault:
+            await cache.store(key, CachedAnswer("".join(sent), last.finish_reason, last.prompt_tokens,
+                                                last.completion_tokens))
         yield event(choices=[ChunkChoice(delta=Delta(), finish_reason=last.finish_reason)])
         if include_usage:
-            yield event(choices=[], usage=_usage(last))
+            yield event(choices=[], usage=run.usage)
     except ContentBlocked as blocked:  # the policy cut the answer: generation stops with the stream
         yield event(choices=[ChunkChoice(delta=Delta(), finish_reason="content_filter")])
-        error = ContentPolicyViolation(f"The answer was stopped by the safety policy "
-                                       f"({', '.join(blocked.verdict.blocked_by)}).", code="content_filter")
-        yield sse_event(ErrorBody.model_validate(error.to_dict()))
+        yield sse_event(ErrorBody.model_validate(_cut(blocked).to_dict()))
     except Exception as e:  # headers are sent: the client can only learn of it from the stream
         logger.exception("generation of %s failed mid-stream", head["id"])
         try:
@@ -133,6 +237,31 @@ async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationPara
     yield SSE_DONE
 
 
-def _usage(last: GenerationChunk) -> Usage:
-    return Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-                 total_tokens=last.prompt_tokens + last.completion_tokens)
+async def _replay(hit: CachedAnswer, content: str, withheld: bool, head: dict[str, Any],
+                  include_usage: bool) -> AsyncIterator[str]:
+    """A cached answer as a short stream, with every invariant of a fresh one."""
+    def event(**fields: Any) -> str:
+        return sse_event(ChatCompletionChunk(**head, **fields))
+
+    yield event(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
+    if withheld:
+        yield event(choices=[ChunkChoice(delta=Delta(), finish_reason="content_filter")])
+        yield sse_event(ErrorBody.model_validate(ContentPolicyViolation(
+            "The answer was stopped by the safety policy.", code="content_filter").to_dict()))
+    else:
+        if content:
+            yield event(choices=[ChunkChoice(delta=Delta(content=content))])
+        yield event(choices=[ChunkChoice(delta=Delta(), finish_reason=hit.finish_reason)])
+        if include_usage:
+            yield event(choices=[], usage=_usage(hit))
+    yield SSE_DONE
+
+
+def _cut(blocked: ContentBlocked) -> ContentPolicyViolation:
+    return ContentPolicyViolation(f"The answer was stopped by the safety policy "
+                                  f"({', '.join(blocked.verdict.blocked_by)}).", code="content_filter")
+
+
+def _usage(counts: Any) -> Usage:
+    return Usage(prompt_tokens=counts.prompt_tokens, completion_tokens=counts.completion_tokens,
+                 total_tokens=counts.prompt_tokens + counts.completion_tokens)

@@ -1,0 +1,153 @@
+"""The exact-match response cache: the same question, asked the same way, answered once.
+
+    cache = ResponseCache.from_settings(settings, client)        # client: redis.asyncio, or None
+    key, hit = await cache.lookup(tenant, model_id, version, None, params, messages)  # hit: CachedAnswer | None
+    await cache.store(key, CachedAnswer(content, finish_reason, prompt_tokens, completion_tokens))
+    await cache.invalidate()                                     # promote/rollback: forget every entry
+
+A request is answered from the cache only when its sampling is deterministic (``temperature`` 0,
+or ``top_p`` at most 1e-6) or it opts in with the header ``X-Changjak-Cache: allow``;
+``X-Changjak-Cache: skip`` never reads or writes it. See :func:`wanted`.
+
+The key is a SHA-256 over the tenant, the model and its registry version, the prompt version, the
+sampling parameters and the messages (NFC, stripped), under a generation number. Only the hash
+reaches the store, never text, so keys hold no PII. Values are answers as they were sent (already
+through the output checks); a hit goes through the output checks again, in the chat route.
+A cache that fails (Redis down) is a miss, logged, never a failed request.
+``invalidate()`` bumps the generation (in Redis when configured, so every replica sees it at once),
+which orphans every entry; the old ones expire with their TTL. The CLI uses
+:func:`invalidate_sync`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from changjak.backends import cache as cache_backends
+from changjak.backends.cache import CacheBackend
+from changjak.backends.inference import GenerationParams
+
+logger = logging.getLogger(__name__)
+HEADER = "x-changjak-cache"  # request: allow | skip; response: hit | miss | skip
+DETERMINISTIC_TOP_P = 1e-6
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def wanted(headers: Mapping[str, str], params: GenerationParams) -> bool:
+    """Whether this request may be answered from (and stored in) the cache."""
+    choice = headers.get(HEADER, "").strip().lower()
+    if choice == "skip":
+        return False
+    return choice == "allow" or params.temperature == 0 or params.top_p <= DETERMINISTIC_TOP_P
+
+
+def normalise(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+class ResponseCache:
+    def __init__(self, backend: CacheBackend, *, ttl_s: float, prefix: str = "changjak",
+                 enabled: bool = True) -> None:
+        self.backend, self.ttl_s, self.enabled = backend, ttl_s, enabled
+        self.prefix = f"{prefix}:resp"
+        self.generation_key = f"{self.prefix}:generation"
+
+    @classmethod
+    def from_settings(cls, settings: Any, client: Any = None) -> ResponseCache:
+        """The cache ``settings.cache`` asks for; ``client`` is the shared Redis client, if any."""
+        name = settings.cache.backend
+        if name == "auto":
+            name = "redis" if client is not None else "memory"
+        backend = cache_backends.create(name, client=client, url=settings.redis_url,
+                                        max_entries=settings.cache.max_entries)
+        return cls(backend, ttl_s=settings.cache.ttl_s, prefix=settings.redis_prefix,
+                   enabled=settings.cache.enabled)
+
+    async def generation(self) -> int:
+        value = await self.backend.get(self.generation_key)
+        return int(value) if value is not None else 0
+
+    async def key(self, tenant: str | None, model_id: str, model_version: str | None,
+                  prompt_version: str | None, params: GenerationParams,
+                  messages: Sequence[Any]) -> str:
+        """The store key for one request: the generation and a hash, nothing readable."""
+        material = {
+            "tenant": tenant, "model": model_id, "version": model_version, "prompt": prompt_version,
+            "params": asdict(params),
+            "messages": [[m.role, normalise(m.content), m.name] for m in messages],
+        }
+        digest = hashlib.sha256(json.dumps(material, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+        return f"{self.prefix}:{await self.generation()}:{digest}"
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        raw = await self.backend.get(key)
+        if raw is None:
+            return None
+        try:
+            return CachedAnswer(**json.loads(raw))
+        except (ValueError, TypeError):  # an entry of another version of this code: a miss
+            logger.warning("ignoring an unreadable response-cache entry")
+            return None
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        await self.backend.set(key, json.dumps(asdict(answer), ensure_ascii=False).encode(), self.ttl_s)
+
+    async def lookup(self, tenant: str | None, model_id: str, model_version: str | None,
+                     prompt_version: str | None, params: GenerationParams,
+                     messages: Sequence[Any]) -> tuple[str | None, CachedAnswer | None]:
+        """The key and the cached answer (None on a miss); (None, None) when the store fails."""
+        try:
+            key = await self.key(tenant, model_id, model_version, prompt_version, params, messages)
+            return key, await self.get(key)
+        except Exception as e:  # noqa: BLE001 - a cache is an optimisation: without it, answer fresh
+            logger.warning("response cache unavailable (%s): answering without it", e.__class__.__name__)
+            return None, None
+
+    async def store(self, key: str, answer: CachedAnswer) -> None:
+        """``put``, logging instead of failing when the store is down."""
+        try:
+            await self.put(key, answer)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("response cache unavailable (%s): answer not stored", e.__class__.__name__)
+
+    async def invalidate(self) -> int:
+        """Forget every entry (on every replica sharing the store); returns the new generation."""
+        generation = await self.backend.incr(self.generation_key)
+        logger.info("response cache invalidated (generation %d)", generation)
+        return generation
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def invalidate_sync(settings: Any) -> bool:
+    """Invalidate the shared cache from a command (``changjak promote``/``rollback``).
+
+    Only a Redis cache can be reached from another process; an in-process cache lives and dies
+    with its server, which the alias move reaches through ``/admin`` or a restart. Returns
+    whether a shared cache was invalidated.
+    """
+    if not settings.redis_url or settings.cache.backend == "memory" or not settings.cache.enabled:
+        return False
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        generation = client.incr(f"{settings.redis_prefix}:resp:generation")
+    finally:
+        client.close()
+    logger.info("response cache invalidated (generation %d)", generation)
+    return True
