@@ -169,3 +169,31 @@ async def test_champion_moves_refused(admin: httpx.AsyncClient, moves: list[dict
     assert missing.status_code == 400 and "no version 404" in missing.json()["error"]["message"]
     assert missing.json()["error"]["code"] == "registry_error"
     assert moves == []
+
+
+async def test_promote_and_rollback_move_the_real_champion(make_settings, tiny_model_dir) -> None:
+    from changjak import registry, tracking
+    from changjak.backends.inference.fake import FakeBackend
+    from changjak.registry.champion import history
+    from changjak.serve.app import create_app
+    from tests.eval.conftest import log_training_run
+
+    settings = make_settings(api_keys=KEY, base_model={"source": str(tiny_model_dir)})
+    versions = [registry.register(settings, run_id=log_training_run(settings, seed=s, eval_passed=True).run_id)
+                for s in (1, 2)]
+    registry.promote(settings, version=versions[0], actor="setup", reason="first")
+    app = create_app(settings, FakeBackend(MODEL))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
+                               headers={"Authorization": f"Bearer {KEY}"})
+    async with app.router.lifespan_context(app), client:
+        operator = await new_key(client, name="release", role="operator", tenant="ops")
+        url = f"/admin/models/{settings.model_name}"
+        promoted = await client.post(f"{url}/promote", json={"reason": "challenger won"}, **as_key(client, operator))
+        assert promoted.json()["version"] == versions[1]
+        rolled = await client.post(f"{url}/rollback", json={"reason": "complaints"}, **as_key(client, operator))
+        assert rolled.json()["version"] == versions[0]
+    model = tracking.client(settings).get_registered_model(settings.model_name)
+    assert str(model.aliases["champion"]) == versions[0]
+    moves = [(e["action"], e["by"], e["reason"]) for e in history(model)][1:]
+    assert moves == [("promoted", f"release ({operator[:11]})", "challenger won"),
+                     ("rolled_back", f"release ({operator[:11]})", "complaints")]
