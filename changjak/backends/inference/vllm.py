@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams
 from changjak.errors import BackendError, BadRequest, ChangjakError, NotFound
+
+if TYPE_CHECKING:
+    from changjak.settings import VllmSettings
 
 logger = logging.getLogger(__name__)
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)  # the max_lora_rank values vLLM accepts
@@ -51,9 +54,10 @@ class VllmBackend:
 
     @classmethod
     def load(cls, base_path: Path, adapter_dir: Path | None = None, *, device: str = "cuda", dtype: str = "auto",
-             model_id: str, gpu_memory_utilization: float = 0.9, max_loras: int = 4,
-             max_lora_rank: int = 16, max_model_len: int | None = None, **engine_args: Any) -> VllmBackend:
-        """Start the engine on the base model, with the LoRA adapter in ``adapter_dir`` as default."""
+             model_id: str, adapters: Mapping[str, Path] | None = None, options: VllmSettings | None = None,
+             **engine_args: Any) -> VllmBackend:
+        """Start the engine on the base model: the adapter in ``adapter_dir`` is the default one (named
+        ``model_id``), ``adapters`` are more by name; ``engine_args`` go to ``AsyncEngineArgs``."""
         if device not in ("auto", "cuda"):
             raise BackendError(f"the vllm backend runs on CUDA GPUs, not on {device!r}",
                                hint="use --backend llamacpp or --backend transformers on this machine")
@@ -65,18 +69,20 @@ class VllmBackend:
             raise BackendError("the vllm backend needs the vllm package", hint="pip install 'changjak[vllm]'") from e
         from changjak.base_model import load_tokenizer
 
-        rank = lora_rank(max(max_lora_rank, adapter_rank(adapter_dir) if adapter_dir else 0))
+        opts = options or _options()
+        named = {**({model_id: Path(adapter_dir)} if adapter_dir is not None else {}), **(adapters or {})}
+        rank = lora_rank(max([opts.max_lora_rank, *(adapter_rank(p) for p in named.values())]))
         args = AsyncEngineArgs(model=str(base_path), served_model_name=model_id, dtype=_DTYPES.get(dtype, dtype),
-                               gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                               enable_lora=max_loras > 0, max_loras=max(max_loras, 1), max_lora_rank=rank,
+                               gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
+                               enable_lora=opts.max_loras > 0, max_loras=max(opts.max_loras, 1), max_lora_rank=rank,
                                disable_log_stats=True, **engine_args)
         engine = _engine_class().from_engine_args(args)
         backend = cls(engine, load_tokenizer(Path(base_path)), model_id=model_id, sampling_params=SamplingParams,
                       lora_request=LoRARequest, output_kind=RequestOutputKind.DELTA)
-        if adapter_dir is not None:  # vLLM loads it with the first request that names it
-            backend.adapters.add(model_id, adapter_dir)
-            backend.default_adapter = model_id
-        logger.info("vLLM engine on %s (adapter: %s, max LoRA rank %d)", base_path, adapter_dir, rank)
+        for name, path in named.items():  # vLLM reads each with the first request that names it
+            backend.adapters.add(name, path)
+        backend.default_adapter = model_id if adapter_dir is not None else None
+        logger.info("vLLM engine on %s (adapters: %s, max LoRA rank %d)", base_path, sorted(named) or "none", rank)
         return backend
 
     async def add_adapter(self, name: str, path: Path | str, *, default: bool = False) -> None:
@@ -103,7 +109,7 @@ class VllmBackend:
         if self._closed:
             raise BackendError("the vllm backend is closed")
         prompt = encode_chat(self.tokenizer, messages)
-        name = getattr(params, "adapter", None) or self.default_adapter
+        name = params.adapter or self.default_adapter
         lora = self.adapters.get(name) if name else None
         extra = {"output_kind": self._output_kind} if self._output_kind is not None else {}
         sampling = self._sampling_params(**sampling_kwargs(params, self._stop_token_ids), **extra)
@@ -264,6 +270,12 @@ def lora_rank(rank: int) -> int:
         if rank <= allowed:
             return allowed
     raise BackendError(f"LoRA rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
+
+
+def _options() -> VllmSettings:
+    from changjak.settings import get_settings
+
+    return get_settings().serve.vllm
 
 
 def _engine_class() -> Any:

@@ -177,9 +177,7 @@ async def test_each_request_gets_the_lora_it_names(tmp_path: Path) -> None:
     await backend.add_adapter("champion", tmp_path / "v1", default=True)
     await backend.add_adapter("challenger", tmp_path / "v2")
     for name in ("challenger", None, "champion"):
-        params = GenerationParams()
-        object.__setattr__(params, "adapter", name)  # the field another engineer may add
-        [c async for c in backend.generate(MESSAGES, params)]
+        [c async for c in backend.generate(MESSAGES, GenerationParams(adapter=name))]
     assert [r.lora.lora_name for r in backend.engine.requests] == ["challenger", "champion", "champion"]
     with pytest.raises(NotFound, match="no adapter named 'v9'"):
         backend.set_default_adapter("v9")
