@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -39,10 +40,11 @@ class AuditWriter:
     """Appends records to the audit chain in batches; ``await write(entry)`` returns once it is committed."""
 
     def __init__(self, engine: Engine, mask: Callable[[str], str], *, max_batch: int = 1000) -> None:
-        self.engine, self.mask, self.max_batch = engine, mask, max_batch
+        self.engine, self.mask, self.max_batch = engine, _memo(mask), max_batch
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int] | None]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None  # its own: a busy default pool never delays a commit
         self._closing = False
         self.batches = 0  # transactions committed, for tests and metrics
 
@@ -57,6 +59,7 @@ class AuditWriter:
 
     async def start(self) -> None:
         self._wake, self._closing = asyncio.Event(), False
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def write(self, entry: dict[str, Any]) -> int:
@@ -82,7 +85,8 @@ class AuditWriter:
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
                 try:
-                    seqs = await asyncio.to_thread(self._append, [entry for entry, _ in batch])
+                    seqs = await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._append, [entry for entry, _ in batch])
                 except Exception:
                     logger.exception("could not write %d audit records", len(batch))
                     _settle(batch, None)
@@ -103,6 +107,22 @@ class AuditWriter:
         self._wake.set()
         await self._task
         self._task = None
+        self._thread.shutdown()
+
+
+def _memo(mask: Callable[[str], str], size: int = 8192) -> Callable[[str], str]:
+    """``mask`` remembering its recent answers: routes, tenants, names and decision words repeat in every record."""
+    seen: dict[str, str] = {}
+
+    def masked(text: str) -> str:
+        if (hit := seen.get(text)) is not None:
+            return hit
+        if len(seen) >= size:
+            seen.clear()
+        seen[text] = result = mask(text)
+        return result
+
+    return masked
 
 
 def _settle(batch: Iterable[tuple[dict[str, Any], asyncio.Future[int] | None]], seqs: list[int] | None) -> None:
