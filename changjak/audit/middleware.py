@@ -182,7 +182,10 @@ class AuditMiddleware:
         except asyncio.CancelledError:
             if not recorded:
                 recorded = True
-                writer.submit(entry_of(scope, ctx, status, "cancelled"))
+                try:
+                    writer.submit(entry_of(scope, ctx, status, "cancelled"))
+                except ServiceUnavailable:
+                    logger.error("the audit trail had stopped: request %s went unrecorded", ctx.request_id)
             raise
         except BaseException:
             if not recorded:
