@@ -232,3 +232,21 @@ async def test_an_answer_handing_back_the_users_own_pii_is_never_stored(make_set
             raw = await sdk.chat.completions.with_raw_response.create(**ask("제 번호 010-1234-5678 기억해 줘"))
             assert raw.headers["x-changjak-cache"] == "miss"
             assert "010-1234-5678" in raw.parse().choices[0].message.content  # handed back, fresh each time
+
+
+async def test_two_gateways_on_one_redis_share_entries_and_invalidation(make_settings, redis_url: str) -> None:
+    settings = make_settings(api_keys=KEY, redis_url=redis_url, redis_prefix=f"test:{uuid.uuid4().hex}")
+    fakes = [FakeBackend(MODEL), FakeBackend(MODEL)]
+    apps = [create_app(settings, fake) for fake in fakes]
+    async with serving(apps[0]) as one, serving(apps[1]) as two:
+        await one.chat.completions.create(**ask())
+        hit = await two.chat.completions.with_raw_response.create(**ask())
+        assert hit.headers["x-changjak-cache"] == "hit" and fakes[1].seen == []
+        await apps[0].state.cache.invalidate()  # a promote on replica one
+        after = await two.chat.completions.with_raw_response.create(**ask())
+        assert after.headers["x-changjak-cache"] == "miss"
+        client = apps[0].state.cache.backend.client
+        keys = [key async for key in client.scan_iter(f"{settings.redis_prefix}:*")]
+        assert keys and not any("비" in key.decode() for key in keys)
+        for key in keys:
+            await client.delete(key)

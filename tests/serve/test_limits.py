@@ -196,3 +196,24 @@ async def test_a_stream_holds_its_slot_until_the_client_hangs_up(make_settings) 
     hung_up = stream_ctx.decisions["limits"]
     assert 0 < hung_up["charged"] < hung_up["reserved"]  # charged what it made, not the reservation
     assert whole_ctx.completion_tokens == 60 and whole_ctx.decisions["limits"]["charged"] > 60
+
+
+async def test_two_gateways_on_one_redis_let_exactly_n_of_a_burst_through(make_settings, redis_url: str) -> None:
+    n, k = 4, 6
+    settings = make_settings(api_keys=KEY, redis_url=redis_url, redis_prefix=f"test:{uuid.uuid4().hex}",
+                             limits={"default_rpm": n})
+    apps = [create_app(settings, FakeBackend(MODEL)) for _ in range(2)]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "안녕"}]}
+    async with serving(apps[0]) as one, serving(apps[1]) as two:
+        async def attempt(i: int) -> bool:
+            try:
+                await (one if i % 2 else two).chat.completions.create(**body)
+                return True
+            except openai.RateLimitError:
+                return False
+
+        admitted = await asyncio.gather(*(attempt(i) for i in range(n + k)))
+        client = apps[0].state.cache.backend.client  # the apps' shared Redis client: clean up the test's keys
+        async for key in client.scan_iter(f"{settings.redis_prefix}:*"):
+            await client.delete(key)
+    assert sum(admitted) == n
