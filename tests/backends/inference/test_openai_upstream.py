@@ -104,3 +104,49 @@ def test_registered_by_name_and_needs_an_address() -> None:
         inference.create("openai", model_id="m")
     backend = inference.create("openai", model_id="m", base_url="http://x/v1")
     assert isinstance(backend, OpenAIUpstreamBackend) and backend.upstream_model == "m"
+
+
+# Through the gateway: the served backend is the upstream one.
+
+@pytest.fixture
+def serve_settings(make_settings):
+    from tests.serve.conftest import KEY
+
+    return make_settings(api_keys=KEY)
+
+
+async def gateway_stream(serve_settings, standin, *, hang_up_after: int | None = None) -> list[str]:
+    from changjak.serve.app import create_app
+    from tests.serve.conftest import KEY
+
+    backend = OpenAIUpstreamBackend("http://upstream/v1", model_id="changjak-writer",
+                                    transport=StreamingASGITransport(standin))
+    app = create_app(serve_settings, backend)
+    events: list[str] = []
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=StreamingASGITransport(app), base_url="http://testserver",
+            headers={"Authorization": f"Bearer {KEY}"}) as http:
+        body = {"model": "changjak-writer", "messages": ASK, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    events.append(line)
+                    if hang_up_after is not None and len(events) == hang_up_after:
+                        break
+    await backend.aclose()
+    return events
+
+
+async def test_the_gateway_ends_a_failing_upstream_stream_with_an_error_then_done(serve_settings) -> None:
+    events = await gateway_stream(serve_settings, create_standin(fail_after=3))
+    assert events[-1] == "data: [DONE]" and '"error"' in events[-2]
+
+
+async def test_hanging_up_on_the_gateway_cancels_the_upstream_generation(serve_settings) -> None:
+    standin = create_standin(reply="가" * 300, delay=0.01)
+    events = await gateway_stream(serve_settings, standin, hang_up_after=3)
+    for _ in range(200):
+        if standin.state.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert len(events) == 3 and standin.state.cancelled == 1

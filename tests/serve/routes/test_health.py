@@ -43,3 +43,60 @@ async def test_chat_before_the_model_is_loaded_is_a_503(app) -> None:
                                    json={"model": MODEL, "messages": [{"role": "user", "content": "안녕"}]})
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "service_unavailable"
+
+
+class CountingBackend(FakeBackend):
+    """A fake that counts generations and can be made to fail or hang."""
+
+    def __init__(self, *args, hang: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.generations, self.hang = 0, hang
+
+    async def generate(self, messages, params):
+        self.generations += 1
+        if self.hang:
+            import asyncio
+
+            await asyncio.sleep(30)
+        async for chunk in super().generate(messages, params):
+            yield chunk
+
+
+async def test_readiness_asks_for_one_token_and_reuses_the_answer(make_settings) -> None:
+    backend = CountingBackend(MODEL)
+    app = create_app(make_settings(serve={"ready_probe_ttl_s": 60}), backend)
+    async with app.router.lifespan_context(app), client(app) as http:
+        answers = [(await http.get("/readyz")).status_code for _ in range(3)]
+    assert answers == [200, 200, 200] and backend.generations == 1
+
+
+async def test_a_backend_that_fails_or_hangs_is_not_ready(make_settings) -> None:
+    settings = make_settings(serve={"ready_probe_ttl_s": 0, "ready_probe_timeout_s": 0.2})
+    failing = create_app(settings, CountingBackend(MODEL, fail_after=0))
+    hanging = create_app(settings, CountingBackend(MODEL, hang=True))
+    codes = []
+    for app in (failing, hanging):
+        async with app.router.lifespan_context(app), client(app) as http:
+            response = await http.get("/readyz")
+            codes.append((response.status_code, response.json()["error"]["code"]))
+    assert codes == [(503, "backend_error"), (503, "backend_timeout")]
+
+
+async def test_a_recent_real_generation_spares_the_probe(make_settings) -> None:
+    backend = CountingBackend(MODEL)
+    app = create_app(make_settings(api_keys="k" * 20, serve={"ready_probe_ttl_s": 60}), backend)
+    async with app.router.lifespan_context(app), client(app) as http:
+        chat = await http.post("/v1/chat/completions", headers={"Authorization": "Bearer " + "k" * 20},
+                               json={"model": MODEL, "messages": [{"role": "user", "content": "안녕"}]})
+        ready = await http.get("/readyz")
+    assert chat.status_code == 200 and ready.status_code == 200 and backend.generations == 1
+
+
+async def test_draining_is_not_ready_at_once(app) -> None:
+    async with app.router.lifespan_context(app), client(app) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        app.state.lifecycle.drain()
+        response = await http.get("/readyz")
+        alive = await http.get("/healthz")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
+    assert alive.status_code == 200
