@@ -83,3 +83,12 @@ def test_revoking_an_unknown_key_says_so(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setenv("CHANGJAK_HOME", str(tmp_path))
     assert cli.main(["keys", "revoke", "cj_00000000"]) == 1
     assert "No API key with that prefix" in capsys.readouterr().err
+
+
+def test_audit_verify_on_a_fresh_database_is_intact(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                                     tmp_path) -> None:
+    monkeypatch.setenv("CHANGJAK_HOME", str(tmp_path))
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact: 0 records" in capsys.readouterr().out
+    assert cli.main(["feedback", "export", "--out", str(tmp_path / "sft.jsonl")]) == 0
+    assert (tmp_path / "sft.jsonl").read_text() == ""
