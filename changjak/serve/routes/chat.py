@@ -113,7 +113,8 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
         return await _complete(served, chat, params, head, run, cache, key)
     finally:
         if not handed_off:
-            await run.finish()
+            with anyio.CancelScope(shield=True):  # a cancelled request still gives its slot back
+                await run.finish()
 
 
 def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> GenerationParams:
