@@ -223,14 +223,6 @@ class AuditSettings(Section):
     max_batch: int = Field(1000, ge=1)  # records per group-commit transaction
 
 
-class AuditSettings(Section):
-    """The audit trail (changjak.audit): one hash-chained record per request in the app database."""
-
-    enabled: bool = True
-    skip_routes: list[str] = ["/healthz", "/readyz", "/metrics"]  # probes and scrapes: no record
-    max_batch: int = Field(1000, ge=1)  # records per group-commit transaction
-
-
 class TenantSafetySettings(Section):
     profile: Literal["creative", "standard", "strict", "monitor"] | None = None  # None: the global one
     actions: dict[str, str] = {}  # category -> allow|flag|mask|block, over the profile's
@@ -312,7 +304,6 @@ class Settings(BaseSettings):
     safety: SafetySettings = SafetySettings()
     rag: RagSettings = RagSettings()
     auth: AuthSettings = AuthSettings()
-    audit: AuditSettings = AuditSettings()
     audit: AuditSettings = AuditSettings()
     monitor: MonitorSettings = MonitorSettings()
     limits: LimitSettings = LimitSettings()
