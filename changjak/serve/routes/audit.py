@@ -72,7 +72,7 @@ async def list_audit(caller: AuditReader, engine: Database,
                      tenant: str | None = None, key_prefix: str | None = None, route: str | None = None,
                      status: Annotated[int | None, Query(ge=100, le=599)] = None,
                      since: str | None = None, until: str | None = None, request_id: str | None = None,
-                     model_version: str | None = None, after: Annotated[int, Query(ge=0)] = 0,
+                     model_version: str | None = None, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> AuditPage:
     """Audit records matching every filter, oldest first, ``limit`` at a time after seq ``after``."""
     for param, value in (("tenant", tenant), ("key_prefix", key_prefix), ("route", route),
