@@ -61,6 +61,12 @@ class VllmBackend:
         if device not in ("auto", "cuda"):
             raise BackendError(f"the vllm backend runs on CUDA GPUs, not on {device!r}",
                                hint="use --backend llamacpp or --backend transformers on this machine")
+        opts = options or _options()
+        named = {**({model_id: Path(adapter_dir)} if adapter_dir is not None else {}), **(adapters or {})}
+        rank = lora_rank(max([opts.max_lora_rank, *(adapter_rank(p) for p in named.values())]))
+        if named and opts.max_loras == 0:
+            raise BackendError("serve.vllm.max_loras is 0 (LoRA off) but this version has a LoRA adapter",
+                               hint="set CHANGJAK_SERVE__VLLM__MAX_LORAS to 1 or more")
         try:
             from vllm import AsyncEngineArgs, SamplingParams
             from vllm.lora.request import LoRARequest
@@ -69,9 +75,6 @@ class VllmBackend:
             raise BackendError("the vllm backend needs the vllm package", hint="pip install 'changjak[vllm]'") from e
         from changjak.base_model import load_tokenizer
 
-        opts = options or _options()
-        named = {**({model_id: Path(adapter_dir)} if adapter_dir is not None else {}), **(adapters or {})}
-        rank = lora_rank(max([opts.max_lora_rank, *(adapter_rank(p) for p in named.values())]))
         args = AsyncEngineArgs(model=str(base_path), served_model_name=model_id, dtype=_DTYPES.get(dtype, dtype),
                                gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
                                enable_lora=opts.max_loras > 0, max_loras=max(opts.max_loras, 1), max_lora_rank=rank,
@@ -87,14 +90,15 @@ class VllmBackend:
 
     async def add_adapter(self, name: str, path: Path | str, *, default: bool = False) -> None:
         """Load a LoRA adapter now, for requests that name it (or all, with ``default``)."""
+        previous = self.adapters.entry(name)
         request = self.adapters.add(name, path)
         if hasattr(self.engine, "add_lora"):
             try:
                 await self.engine.add_lora(request)
             except Exception as e:  # a rank above max_lora_rank, a base-model mismatch, a missing file
-                self.adapters.drop(name)
+                self.adapters.restore(name, previous)  # the name keeps serving what it served
                 raise BackendError(f"vLLM cannot load the LoRA adapter {name!r} from {path}: {e}",
-                                   hint="check the adapter's rank against serve.max_lora_rank") from e
+                                   hint="check the adapter's rank against serve.vllm.max_lora_rank") from e
         if default:
             self.set_default_adapter(name)
 
@@ -183,8 +187,15 @@ class AdapterTable:
             raise NotFound(f"no adapter named {name!r} is loaded (loaded: {known})", code="model_not_found")
         return self._by_name[name].request
 
-    def drop(self, name: str) -> None:
-        self._by_name.pop(name, None)
+    def entry(self, name: str) -> _Adapter | None:
+        return self._by_name.get(name)
+
+    def restore(self, name: str, entry: _Adapter | None) -> None:
+        """Put back what ``entry`` said (None: no adapter of that name)."""
+        if entry is None:
+            self._by_name.pop(name, None)
+        else:
+            self._by_name[name] = entry
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

@@ -194,11 +194,28 @@ async def test_hot_adding_an_adapter_loads_it_now_and_a_moved_alias_gets_a_new_i
     assert backend.engine.requests[0].lora.lora_path == str((tmp_path / "v2").resolve())
 
 
+async def test_an_adapter_the_engine_refuses_leaves_the_name_serving_what_it_served(tmp_path: Path) -> None:
+    backend = make_backend()
+    await backend.add_adapter("champion", tmp_path / "v1", default=True)
+
+    async def refuse(request) -> bool:
+        raise ValueError("LoRA rank 64 is greater than max_lora_rank 16")
+
+    backend.engine.add_lora = refuse
+    with pytest.raises(BackendError, match="max_lora_rank"):
+        await backend.add_adapter("champion", tmp_path / "v2", default=True)
+    with pytest.raises(BackendError):
+        await backend.add_adapter("newcomer", tmp_path / "v3")
+    assert backend.adapters.names() == ["champion"]
+    await collect(backend)
+    assert backend.engine.requests[0].lora.lora_path == str((tmp_path / "v1").resolve())
+
+
 def test_adapter_ids_are_stable_per_name_and_path_and_never_reused(tmp_path: Path) -> None:
     table = AdapterTable(lora)
     a, b = table.add("a", tmp_path / "1"), table.add("b", tmp_path / "2")
     assert (a.lora_int_id, b.lora_int_id, table.add("a", tmp_path / "1").lora_int_id) == (1, 2, 1)
-    table.drop("a")
+    table.restore("a", None)
     assert table.add("a", tmp_path / "1").lora_int_id == 3
     assert table.names() == ["a", "b"]
 
@@ -233,6 +250,15 @@ async def test_ready_until_closed_and_close_shuts_the_engine_down() -> None:
 def test_load_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="CUDA"):
         VllmBackend.load(tmp_path, device="cpu", model_id="changjak-writer")
+
+
+def test_load_refuses_an_adapter_with_lora_turned_off(tmp_path: Path) -> None:
+    from changjak.settings import VllmSettings
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16}))
+    with pytest.raises(BackendError, match="max_loras is 0"):
+        VllmBackend.load(tmp_path, tmp_path, device="cuda", model_id="changjak-writer",
+                         options=VllmSettings(max_loras=0))
 
 
 def test_control_tokens_typed_by_a_user_stay_text_with_either_encoder(tiny_model_dir: Path) -> None:
