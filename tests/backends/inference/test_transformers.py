@@ -340,3 +340,30 @@ def test_quantization_that_cannot_run_here_is_a_backend_error(tiny_model_dir: Pa
         TransformersBackend.load(tiny_model_dir, device="cpu", model_id="x", quantization="nf4")
     with pytest.raises(BackendError, match="unknown quantization"):
         TransformersBackend.load(tiny_model_dir, device="cpu", model_id="x", quantization="int3")
+
+
+async def test_requests_that_end_at_different_steps_leave_the_others_intact(tiny_backend: TransformersBackend) -> None:
+    asks = [(PROMPTS[2], 3), (PROMPTS[6], 17), (PROMPTS[0], 8), (PROMPTS[7], 12), (PROMPTS[1], 1)]
+
+    async def run(prompt: str, n: int) -> list[GenerationChunk]:
+        return [c async for c in tiny_backend.generate(ask(prompt), GenerationParams(max_tokens=n, temperature=0))]
+
+    alone = [await run(p, n) for p, n in asks]
+    together = await asyncio.gather(*(run(p, n) for p, n in asks))
+    assert [(text_of(c), c[-1]) for c in together] == [(text_of(c), c[-1]) for c in alone]
+    assert tiny_backend.scheduler.batch == [] or all(s.done for s in tiny_backend.scheduler.batch)
+
+
+async def test_a_failed_step_fails_its_requests_and_the_next_request_runs(tiny_backend: TransformersBackend) -> None:
+    failures = [1]
+
+    def fail_once(*_) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("out of memory, say")
+
+    tiny_backend.model.register_forward_pre_hook(fail_once)
+    with pytest.raises(BackendError, match="generation failed: RuntimeError"):
+        await collect(tiny_backend, max_tokens=4)
+    chunks = await collect(tiny_backend, max_tokens=4, temperature=0)
+    assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == ("length", 4)
