@@ -87,7 +87,7 @@ async def create_key(body: KeyCreate, caller: KeyManager, keys: Keys) -> dict[st
 
 @router.get("/keys")
 async def list_keys(caller: KeyManager, keys: Keys, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                    offset: Annotated[int, Query(ge=0)] = 0, tenant: str | None = None) -> dict[str, Any]:
+                    offset: Annotated[int, Query(ge=0, le=2**62)] = 0, tenant: str | None = None) -> dict[str, Any]:
     """The keys this caller may see, newest first, a page at a time."""
     own = tenant_filter(caller)
     if own is not None and tenant not in (None, own):
