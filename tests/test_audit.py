@@ -179,3 +179,20 @@ def test_cli_verify_and_tail(settings, capsys: pytest.CaptureFixture, monkeypatc
     assert json.loads(out.out) == {"ok": False, "count": 1, "seq": 2,
                                    "reason": "changed record: its content does not match its hash"}
     assert "broken at seq 2" in out.err
+
+
+def test_a_cleaner_masks_once_and_keeps_the_gateway_s_own_ids(settings) -> None:
+    calls: list[str] = []
+    engine_mask = SafetyEngine.from_settings(settings).mask_for_log
+
+    def mask(text: str) -> str:
+        calls.append(text)
+        return engine_mask(text)
+
+    clean = store.Cleaner(mask)
+    own = "req_" + "0" * 20 + "01023456789a"
+    rows = [store.clean_entry(entry(request_id=rid, principal=f"app {PHONE}"), clean)
+            for rid in (own, own, f"req-{PHONE}")]
+    assert [r["request_id"] for r in rows] == [own, own, "req-<전화번호>"]
+    assert rows[0]["principal"] == "app <전화번호>"
+    assert calls.count(f"app {PHONE}") == 1 and own not in calls

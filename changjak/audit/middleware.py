@@ -40,7 +40,7 @@ class AuditWriter:
     """Appends records to the audit chain in batches; ``await write(entry)`` returns once it is committed."""
 
     def __init__(self, engine: Engine, mask: Callable[[str], str], *, max_batch: int = 1000) -> None:
-        self.engine, self.mask, self.max_batch = engine, _memo(mask), max_batch
+        self.engine, self.clean, self.max_batch = engine, store.Cleaner(mask), max_batch
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int] | None]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -97,7 +97,7 @@ class AuditWriter:
                 return
 
     def _append(self, entries: list[dict[str, Any]]) -> list[int]:
-        return store.append(self.engine, [store.clean_entry(entry, self.mask) for entry in entries])
+        return store.append(self.engine, [store.clean_entry(entry, self.clean) for entry in entries])
 
     async def aclose(self) -> None:
         """Write what is still waiting, then stop."""
@@ -108,21 +108,6 @@ class AuditWriter:
         await self._task
         self._task = None
         self._thread.shutdown()
-
-
-def _memo(mask: Callable[[str], str], size: int = 8192) -> Callable[[str], str]:
-    """``mask`` remembering its recent answers: routes, tenants, names and decision words repeat in every record."""
-    seen: dict[str, str] = {}
-
-    def masked(text: str) -> str:
-        if (hit := seen.get(text)) is not None:
-            return hit
-        if len(seen) >= size:
-            seen.clear()
-        seen[text] = result = mask(text)
-        return result
-
-    return masked
 
 
 def _settle(batch: Iterable[tuple[dict[str, Any], asyncio.Future[int] | None]], seqs: list[int] | None) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,33 +68,62 @@ _ESCAPES = {**{c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)
             ord("\\"): "\\\\"}
 
 
+_OWN_ID = re.compile(r"req_[0-9a-f]{32}")  # ids the gateway made itself (random hex): nothing to mask
+
+
 def escape(text: str) -> str:
     """``text`` on one line: CR, LF, tabs, control characters and line separators written as escapes."""
     return text.translate(_ESCAPES)
 
 
-def clean_entry(entry: dict[str, Any], mask: Callable[[str], str]) -> dict[str, Any]:
-    """The row for ``entry``: strings masked and escaped (and cut to their column), decisions as canonical JSON."""
+class Cleaner:
+    """Masks PII (``mask``) and escapes one string, remembering recent answers: routes, tenants, names
+    and decision words repeat in every record, so most strings cost one dict lookup."""
 
-    def text(value: Any) -> str:
-        return escape(mask(value if isinstance(value, str) else str(value)))
+    def __init__(self, mask: Callable[[str], str], size: int = 8192) -> None:
+        self.mask, self.size, self.seen = mask, size, {}
+
+    def __call__(self, text: str) -> str:
+        if (hit := self.seen.get(text)) is not None:
+            return hit
+        if len(self.seen) >= self.size:
+            self.seen.clear()
+        self.seen[text] = clean = escape(self.mask(text))
+        return clean
+
+    def once(self, text: str) -> str:
+        """For a string that will not come again (a request id): not remembered."""
+        return self.seen.get(text) or escape(self.mask(text))
+
+
+def clean_entry(entry: dict[str, Any], mask: Callable[[str], str]) -> dict[str, Any]:
+    """The row for ``entry``: strings masked and escaped (and cut to their column), decisions as canonical JSON.
+
+    ``mask`` is a :class:`Cleaner` (fast) or any str -> str masking function.
+    """
+    text = mask if isinstance(mask, Cleaner) else Cleaner(mask)
 
     def tree(value: Any) -> Any:
-        if value is None or isinstance(value, (bool, int)):
+        kind = type(value)
+        if kind is str:
+            return text(value)
+        if value is None or kind is bool or kind is int:
             return value
-        if isinstance(value, float):
+        if kind is float:
             return value if math.isfinite(value) else str(value)
         if isinstance(value, dict):
-            return {text(k): tree(v) for k, v in value.items()}
+            return {text(k if type(k) is str else str(k)): tree(v) for k, v in value.items()}
         if isinstance(value, (list, tuple, set, frozenset)):
             return [tree(v) for v in value]
-        return text(value)
+        return text(str(value))
 
     row = {}
     for name in HASHED[1:]:
         value = entry.get(name)
         if name == "decisions":
             value = canonical(tree(value or {}))
+        elif name == "request_id":
+            value = value if _OWN_ID.fullmatch(value) else text.once(value)[:_LIMITS[name]]
         elif isinstance(value, str):
             value = text(value)[:_LIMITS.get(name, len(value))]
         row[name] = value
