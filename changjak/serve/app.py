@@ -24,7 +24,7 @@ from changjak.monitor.backend import MeteredBackend
 from changjak.monitor.metrics import Metrics, mark_process_dead
 from changjak.monitor.middleware import ObservabilityMiddleware
 from changjak.safety.policy import SafetyEngine
-from changjak.serve import errors
+from changjak.serve import errors, openapi
 from changjak.serve.auth import KeyRing
 from changjak.serve.cache import ResponseCache
 from changjak.serve.context import ContextMiddleware
@@ -96,6 +96,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
     for router in (health.router, models.router, chat.router, admin.router, rag.router, audit.router, feedback.router,
                    metrics_route.router):
         app.include_router(router)
+    openapi.install(app)  # errors documented as answered: OpenAI shape, no 422s
     return app
 
 
