@@ -1,8 +1,8 @@
 """The exact-match response cache: the same question, asked the same way, answered once.
 
     cache = ResponseCache.from_settings(settings, client)        # client: redis.asyncio, or None
-    key, hit = await cache.lookup(tenant, model_id, version, None, params, messages)  # hit: CachedAnswer | None
-    await cache.store(key, CachedAnswer(content, finish_reason, prompt_tokens, completion_tokens))
+    found = await cache.lookup(tenant, model_id, version, None, params, messages)  # found.hit: CachedAnswer | None
+    await cache.store(found, CachedAnswer(content, finish_reason, prompt_tokens, completion_tokens))
     await cache.invalidate()                                     # promote/rollback: forget every entry
 
 A request is answered from the cache only when its sampling is deterministic (``temperature`` 0,
@@ -10,13 +10,15 @@ or ``top_p`` at most 1e-6) or it opts in with the header ``X-Changjak-Cache: all
 ``X-Changjak-Cache: skip`` never reads or writes it. See :func:`wanted`.
 
 The key is a SHA-256 over the tenant, the model and its registry version, the prompt version, the
-sampling parameters and the messages (NFC, stripped), under a generation number. Only the hash
-reaches the store, never text, so keys hold no PII. Values are answers as they were sent (already
-through the output checks); a hit goes through the output checks again, in the chat route.
-A cache that fails (Redis down) is a miss, logged, never a failed request.
-``invalidate()`` bumps the generation (in Redis when configured, so every replica sees it at once),
-which orphans every entry; the old ones expire with their TTL. The CLI uses
-:func:`invalidate_sync`.
+sampling parameters and the messages (NFC, stripped). Only the hash reaches the store, never text,
+so keys hold no PII. Values are answers as they were sent (already through the output checks); a
+hit goes through the output checks again, in the chat route. A cache that fails (Redis down) is a
+miss, logged, never a failed request.
+
+Each entry carries the cache's generation number, read in the same round trip as the entry
+(``get_many``). ``invalidate()`` bumps it (in Redis when configured, so every replica sees it at
+once), which makes every older entry a miss; they are overwritten or expire with their TTL. The
+CLI uses :func:`invalidate_sync`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ class CachedAnswer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Lookup:
+    key: str
+    generation: int  # the cache's generation when it was looked up
+    hit: CachedAnswer | None
 
 
 def wanted(headers: Mapping[str, str], params: GenerationParams) -> bool:
@@ -80,46 +89,53 @@ class ResponseCache:
         value = await self.backend.get(self.generation_key)
         return int(value) if value is not None else 0
 
-    async def key(self, tenant: str | None, model_id: str, model_version: str | None,
-                  prompt_version: str | None, params: GenerationParams,
-                  messages: Sequence[Any]) -> str:
-        """The store key for one request: the generation and a hash, nothing readable."""
+    def key(self, tenant: str | None, model_id: str, model_version: str | None, prompt_version: str | None,
+            params: GenerationParams, messages: Sequence[Any]) -> str:
+        """The store key for one request: a hash, nothing readable."""
         material = {
             "tenant": tenant, "model": model_id, "version": model_version, "prompt": prompt_version,
             "params": asdict(params),
             "messages": [[m.role, normalise(m.content), m.name] for m in messages],
         }
         digest = hashlib.sha256(json.dumps(material, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
-        return f"{self.prefix}:{await self.generation()}:{digest}"
+        return f"{self.prefix}:{digest}"
 
-    async def get(self, key: str) -> CachedAnswer | None:
-        raw = await self.backend.get(key)
+    async def get(self, key: str) -> Lookup:
+        """The entry under ``key`` if it is of the current generation (one round trip for both)."""
+        generation, raw = await self.backend.get_many([self.generation_key, key])
+        current = int(generation) if generation is not None else 0
         if raw is None:
-            return None
+            return Lookup(key, current, None)
         try:
-            return CachedAnswer(**json.loads(raw))
-        except (ValueError, TypeError):  # an entry of another version of this code: a miss
+            entry = json.loads(raw)
+            stored = entry.pop("generation")
+            answer = CachedAnswer(**entry)
+        except (ValueError, TypeError, KeyError):  # an entry of another version of this code: a miss
             logger.warning("ignoring an unreadable response-cache entry")
-            return None
+            return Lookup(key, current, None)
+        return Lookup(key, current, answer if stored == current else None)
 
-    async def put(self, key: str, answer: CachedAnswer) -> None:
-        await self.backend.set(key, json.dumps(asdict(answer), ensure_ascii=False).encode(), self.ttl_s)
+    async def put(self, key: str, answer: CachedAnswer, generation: int) -> None:
+        entry = {**asdict(answer), "generation": generation}
+        await self.backend.set(key, json.dumps(entry, ensure_ascii=False).encode(), self.ttl_s)
 
     async def lookup(self, tenant: str | None, model_id: str, model_version: str | None,
-                     prompt_version: str | None, params: GenerationParams,
-                     messages: Sequence[Any]) -> tuple[str | None, CachedAnswer | None]:
-        """The key and the cached answer (None on a miss); (None, None) when the store fails."""
+                     prompt_version: str | None, params: GenerationParams, messages: Sequence[Any]) -> Lookup | None:
+        """What the cache holds for this request (``.hit`` None on a miss); None when the store fails."""
         try:
-            key = await self.key(tenant, model_id, model_version, prompt_version, params, messages)
-            return key, await self.get(key)
+            return await self.get(self.key(tenant, model_id, model_version, prompt_version, params, messages))
         except Exception as e:  # noqa: BLE001 - a cache is an optimisation: without it, answer fresh
             logger.warning("response cache unavailable (%s): answering without it", e.__class__.__name__)
-            return None, None
+            return None
 
-    async def store(self, key: str, answer: CachedAnswer) -> None:
-        """``put``, logging instead of failing when the store is down."""
+    async def store(self, lookup: Lookup, answer: CachedAnswer) -> None:
+        """Keep ``answer`` for the request of ``lookup``, logging instead of failing when the store is down.
+
+        It is stored under the generation its lookup saw, so an answer made while the cache was being
+        invalidated is already stale.
+        """
         try:
-            await self.put(key, answer)
+            await self.put(lookup.key, answer, lookup.generation)
         except Exception as e:  # noqa: BLE001
             logger.warning("response cache unavailable (%s): answer not stored", e.__class__.__name__)
 

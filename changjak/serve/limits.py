@@ -122,9 +122,16 @@ class Limiter:
             return cls(settings.limits, RedisStore(client), prefix=settings.redis_prefix)
         return cls(settings.limits, MemoryStore(), prefix=settings.redis_prefix)
 
-    async def admit(self, caller: Caller, tokens: int, decisions: dict[str, Any] | None = None) -> Lease:
-        """Take one request and ``tokens`` from ``caller``'s limits, or raise RateLimited naming the limit."""
+    async def admit(self, caller: Caller, tokens: int, decisions: dict[str, Any] | None = None, *,
+                    hold: bool = True) -> Lease:
+        """Take one request and ``tokens`` from ``caller``'s limits, or raise RateLimited naming the limit.
+
+        ``hold=False`` (an answer from the cache: instant, no model) takes a request from rpm only:
+        no tokens, no concurrency slot, nothing to settle.
+        """
         limits = Limits.of(caller, self.settings)
+        if not hold:
+            limits, tokens = Limits(rpm=limits.rpm), 0
         decision: dict[str, Any] = {"key": caller.key_id, "reserved": tokens}
         if decisions is not None:
             decisions["limits"] = decision
@@ -140,7 +147,7 @@ class Limiter:
             raise RateLimited(f"Rate limit reached for this API key on {words} (limit {limit}); "
                               f"retry after {max(1, -(-retry_ms // 1000))} s.", code=code,
                               retry_after=max(retry_ms / 1000, 0.001))
-        return Lease(self.store, ask, decision)
+        return Lease(self.store if hold else None, ask, decision)
 
     def _ask(self, key_id: str, limits: Limits, tokens: int) -> Ask:
         base = f"{self.prefix}:lim:{{{key_id}}}"  # {hash tag}: one Redis Cluster slot per key

@@ -14,7 +14,7 @@ from changjak.backends.cache.memory import MemoryCache
 from changjak.backends.inference import GenerationParams
 from changjak.backends.inference.fake import FakeBackend
 from changjak.serve.app import create_app
-from changjak.serve.cache import CachedAnswer, ResponseCache, invalidate_sync, wanted
+from changjak.serve.cache import CachedAnswer, Lookup, ResponseCache, invalidate_sync, wanted
 from changjak.serve.protocol import ChatCompletionRequest, ChatMessage
 from changjak.serve.routes.chat import _generation_params
 from tests.serve.capture import Capture
@@ -52,55 +52,60 @@ async def make_cache(request: pytest.FixtureRequest):
 
 async def test_keys_differ_by_tenant_version_params_and_messages_only(make_cache) -> None:
     cache = make_cache()
-    base = await cache.key("acme", MODEL, "3", None, GREEDY, messages())
-    assert base == await cache.key("acme", MODEL, "3", None, GREEDY, messages(f"  {SECRET}\n"))
+    base = cache.key("acme", MODEL, "3", None, GREEDY, messages())
+    assert base == cache.key("acme", MODEL, "3", None, GREEDY, messages(f"  {SECRET}\n"))
     decomposed = "\u1112\u1161\u11ab"  # 한 as jamo: NFC makes it the same message
-    assert await cache.key("acme", MODEL, "3", None, GREEDY, messages("한")) == \
-        await cache.key("acme", MODEL, "3", None, GREEDY, messages(decomposed))
+    assert cache.key("acme", MODEL, "3", None, GREEDY, messages("한")) == \
+        cache.key("acme", MODEL, "3", None, GREEDY, messages(decomposed))
     others = [
-        await cache.key("other", MODEL, "3", None, GREEDY, messages()),
-        await cache.key("acme", MODEL, "4", None, GREEDY, messages()),
-        await cache.key("acme", MODEL, "3", "p2", GREEDY, messages()),
-        await cache.key("acme", MODEL, "3", None, GenerationParams(max_tokens=33, temperature=0), messages()),
-        await cache.key("acme", MODEL, "3", None, GenerationParams(max_tokens=32, temperature=0, stop=["끝"]),
+        cache.key("other", MODEL, "3", None, GREEDY, messages()),
+        cache.key("acme", MODEL, "4", None, GREEDY, messages()),
+        cache.key("acme", MODEL, "3", "p2", GREEDY, messages()),
+        cache.key("acme", MODEL, "3", None, GenerationParams(max_tokens=33, temperature=0), messages()),
+        cache.key("acme", MODEL, "3", None, GenerationParams(max_tokens=32, temperature=0, stop=["끝"]),
                         messages()),
-        await cache.key("acme", MODEL, "3", None, GenerationParams(max_tokens=32, temperature=0, seed=1),
+        cache.key("acme", MODEL, "3", None, GenerationParams(max_tokens=32, temperature=0, seed=1),
                         messages()),
-        await cache.key("acme", MODEL, "3", None, GREEDY, messages(SECRET + "!")),
-        await cache.key("acme", MODEL, "3", None, GREEDY, [ChatMessage(role="system", content=SECRET)]),
+        cache.key("acme", MODEL, "3", None, GREEDY, messages(SECRET + "!")),
+        cache.key("acme", MODEL, "3", None, GREEDY, [ChatMessage(role="system", content=SECRET)]),
     ]
     assert len({base, *others}) == len(others) + 1
 
 
 async def test_a_key_holds_no_text_of_the_request(make_cache) -> None:
     cache = make_cache()
-    key = await cache.key("acme", MODEL, "3", None, GREEDY, messages())
-    assert re.fullmatch(r"test:[0-9a-f]{32}:resp:0:[0-9a-f]{64}", key)
+    key = cache.key("acme", MODEL, "3", None, GREEDY, messages())
+    assert re.fullmatch(r"test:[0-9a-f]{32}:resp:[0-9a-f]{64}", key)
     assert "acme" not in key and "김민수" not in key and MODEL not in key
 
 
 async def test_put_get_and_invalidate_seen_by_every_replica(make_cache) -> None:
     one, two = make_cache(), make_cache()
-    key = await one.key("acme", MODEL, "3", None, GREEDY, messages())
     answer = CachedAnswer("비가 온다.", "stop", 12, 5)
-    await one.store(key, answer)
-    assert (await two.lookup("acme", MODEL, "3", None, GREEDY, messages()))[1] == answer
+    missed = await one.lookup("acme", MODEL, "3", None, GREEDY, messages())
+    assert missed.hit is None and missed.generation == 0
+    await one.store(missed, answer)
+    assert (await two.lookup("acme", MODEL, "3", None, GREEDY, messages())).hit == answer
     assert await two.invalidate() == 1
-    key_after, hit = await one.lookup("acme", MODEL, "3", None, GREEDY, messages())
-    assert hit is None and key_after != key
+    after = await one.lookup("acme", MODEL, "3", None, GREEDY, messages())
+    assert after.hit is None and after.generation == 1
+    await one.store(missed, answer)  # made while the cache was being invalidated: already stale
+    assert (await two.lookup("acme", MODEL, "3", None, GREEDY, messages())).hit is None
+    await one.store(after, answer)
+    assert (await two.lookup("acme", MODEL, "3", None, GREEDY, messages())).hit == answer
 
 
 async def test_a_failing_store_is_a_miss_not_an_error() -> None:
     class Down(MemoryCache):
-        async def get(self, key: str) -> bytes | None:
+        async def get_many(self, keys: list[str]) -> list[bytes | None]:
             raise ConnectionError("redis is down")
 
         async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
             raise ConnectionError("redis is down")
 
     cache = ResponseCache(Down(), ttl_s=60)
-    assert await cache.lookup("acme", MODEL, None, None, GREEDY, messages()) == (None, None)
-    await cache.store("k", CachedAnswer("x", "stop", 1, 1))
+    assert await cache.lookup("acme", MODEL, None, None, GREEDY, messages()) is None
+    await cache.store(Lookup("k", 0, None), CachedAnswer("x", "stop", 1, 1))
 
 
 def test_only_deterministic_or_opted_in_requests_use_it() -> None:
@@ -196,9 +201,10 @@ async def test_invalidate_on_the_app_forgets_every_answer(cached_app) -> None:
 async def plant(app, serve_settings, content: str) -> None:
     """Put ``content`` in the cache as the answer to ask(), as if an older policy had let it through."""
     body = ChatCompletionRequest.model_validate(ask())
-    key = await app.state.cache.key("*", MODEL, None, None, _generation_params(body, serve_settings.serve),
-                                    body.messages)  # "*": the tenant of a bootstrap key
-    await app.state.cache.put(key, CachedAnswer(content, "stop", 3, 4))
+    cache = app.state.cache
+    key = cache.key("*", MODEL, None, None, _generation_params(body, serve_settings.serve),
+                    body.messages)  # "*": the tenant of a bootstrap key
+    await cache.put(key, CachedAnswer(content, "stop", 3, 4), await cache.generation())
 
 
 async def test_a_hit_goes_through_the_output_checks_again(cached_app, serve_settings) -> None:

@@ -43,6 +43,9 @@ class MemoryCache:
         value = self._live(key)
         return str(value).encode() if isinstance(value, int) else value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._put(key, value, None if ttl_s is None else time.monotonic() + ttl_s)
 

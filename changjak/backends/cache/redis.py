@@ -35,6 +35,9 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         return await self.client.get(key)
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return await self.client.mget(keys)
+
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self.client.set(key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))
 

@@ -5,11 +5,12 @@ text, a last chunk with ``finish_reason``, a usage chunk when ``stream_options.i
 then ``data: [DONE]``. Every chunk carries the same ``id`` and ``created``. If the backend fails
 mid-stream, an error event goes out before ``[DONE]``; if the client goes away, generation stops.
 
-Order per request: bounds (``protocol.check_bounds``), the key's limits (``changjak.serve.limits``:
-a 429 before any work; the reservation is settled, and the concurrency slot freed, when the
-response ends, however it ends), the safety policy on the request (``changjak.serve.guard``: a
-refused message is a 400 ``content_policy_violation``), the response cache
-(``changjak.serve.cache``; header ``X-Changjak-Cache: hit|miss`` on the answer), then the model.
+Order per request: bounds (``protocol.check_bounds``), the response cache (``changjak.serve.cache``;
+header ``X-Changjak-Cache: hit|miss`` on the answer), the key's limits (``changjak.serve.limits``:
+a 429 before any work; a hit takes one request of rpm and nothing else; a miss reserves its tokens
+and a concurrency slot, settled and freed when the response ends, however it ends), the safety
+policy on the request (``changjak.serve.guard``: a refused message is a 400
+``content_policy_violation``), then the model.
 The answer, fresh or cached, goes through the policy's answer checks: a whole answer it withholds
 comes back empty with ``finish_reason: "content_filter"``; a stream it cuts ends with that
 finish_reason and an error event, and its generation stops. A cached hit is sent as a short stream
@@ -38,7 +39,7 @@ from changjak.errors import BadRequest, ContentPolicyViolation, NotFound
 from changjak.safety.policy import ContentBlocked
 from changjak.serve import guard
 from changjak.serve.auth import Principal
-from changjak.serve.cache import HEADER, CachedAnswer, ResponseCache, wanted
+from changjak.serve.cache import HEADER, CachedAnswer, Lookup, ResponseCache, wanted
 from changjak.serve.context import RequestContext, context_of
 from changjak.serve.deps import Cache, Limits, Safety, Served, ServedModel, SettingsDep
 from changjak.serve.errors import to_api_error
@@ -77,8 +78,13 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
     params = _generation_params(body, settings.serve)
     ctx = context_of(request) or RequestContext(request_id="-")
     ctx.model_version = served.version
+    found = None
+    if cache.enabled and wanted(request.headers, params):
+        found = await cache.lookup(caller.tenant, served.model_id, served.version, None, params, body.messages)
+    hit = found.hit if found else None
+    ctx.decisions["cache"] = "hit" if hit else ("miss" if found else "skip")
     prompt_estimate = sum(len(m.content) for m in body.messages)  # ~ tokens; settled to the real count
-    lease = await limiter.admit(caller, prompt_estimate + params.max_tokens, ctx.decisions)
+    lease = await limiter.admit(caller, prompt_estimate + params.max_tokens, ctx.decisions, hold=hit is None)
     run = _Run(ctx, lease, prompt_estimate)
     handed_off = False  # a fresh stream finishes when it ends (_ClosingStream), not here
     try:
@@ -88,16 +94,11 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
             ctx.decisions["safety"] = {"request": "refused"}
             raise
         run.chat = chat
-        key, hit = (None, None)
-        if cache.enabled and wanted(request.headers, params):
-            key, hit = await cache.lookup(caller.tenant, served.model_id, served.version, None, params,
-                                          body.messages)
-        ctx.decisions["cache"] = "hit" if hit else ("miss" if key else "skip")
-        headers = {**served.headers, **({HEADER: ctx.decisions["cache"]} if key else {})}
+        headers = {**served.headers, **({HEADER: ctx.decisions["cache"]} if found else {})}
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model_id,
                 "system_fingerprint": served.fingerprint}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        if hit is not None:  # it holds no slot past this function and costs no model tokens
+        if hit is not None:  # no slot, no tokens: only rpm counts it
             content, withheld = chat.answer(hit.content)
             if body.stream:
                 return StreamingResponse(_replay(hit, content, withheld, head, include_usage),
@@ -105,12 +106,12 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
             response.headers.update(headers)
             return _completion(head, content, "content_filter" if withheld else hit.finish_reason, hit)
         if body.stream:
-            stream = _stream(served, chat, params, head, include_usage, run, cache, key)
+            stream = _stream(served, chat, params, head, include_usage, run, cache, found)
             handed_off = True
             return _ClosingStream(stream, run.finish, media_type="text/event-stream",
                                   headers={**_SSE_HEADERS, **headers})
         response.headers.update(headers)
-        return await _complete(served, chat, params, head, run, cache, key)
+        return await _complete(served, chat, params, head, run, cache, found)
     finally:
         if not handed_off:
             with anyio.CancelScope(shield=True):  # a cancelled request still gives its slot back
@@ -182,7 +183,7 @@ def _completion(head: dict[str, Any], content: str, finish_reason: str, counts: 
 
 
 async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
-                    run: _Run, cache: ResponseCache, key: str | None) -> ChatCompletion:
+                    run: _Run, cache: ResponseCache, found: Lookup | None) -> ChatCompletion:
     parts: list[str] = []
     run.generating = True
     async with aclosing(served.backend.generate(chat.messages, params)) as chunks:
@@ -192,13 +193,13 @@ async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationPa
             last = chunk
     run.usage = _usage(last)
     content, withheld = chat.answer("".join(parts))
-    if key and not withheld and not chat.vault:  # an answer holding the user's own PII is never stored
-        await cache.store(key, CachedAnswer(content, last.finish_reason, last.prompt_tokens, last.completion_tokens))
+    if found and not withheld and not chat.vault:  # an answer holding the user's own PII is never stored
+        await cache.store(found, CachedAnswer(content, last.finish_reason, last.prompt_tokens, last.completion_tokens))
     return _completion(head, content, "content_filter" if withheld else last.finish_reason, last)
 
 
 async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
-                  include_usage: bool, run: _Run, cache: ResponseCache, key: str | None) -> AsyncIterator[str]:
+                  include_usage: bool, run: _Run, cache: ResponseCache, found: Lookup | None) -> AsyncIterator[str]:
     def event(**fields: Any) -> str:
         return sse_event(ChatCompletionChunk(**head, **fields))
 
@@ -218,8 +219,8 @@ async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationPara
         if text := answer.finish():
             sent.append(text)
             yield event(choices=[ChunkChoice(delta=Delta(content=text))])
-        if key and not chat.vault:
-            await cache.store(key, CachedAnswer("".join(sent), last.finish_reason, last.prompt_tokens,
+        if found and not chat.vault:
+            await cache.store(found, CachedAnswer("".join(sent), last.finish_reason, last.prompt_tokens,
                                                 last.completion_tokens))
         yield event(choices=[ChunkChoice(delta=Delta(), finish_reason=last.finish_reason)])
         if include_usage:

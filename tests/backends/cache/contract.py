@@ -15,6 +15,7 @@ async def check_contract(cache: CacheBackend, prefix: str) -> None:
     assert await cache.get(f"{prefix}:k") == "값".encode()
     await cache.set(f"{prefix}:k", b"v2")
     assert await cache.get(f"{prefix}:k") == b"v2"
+    assert await cache.get_many([f"{prefix}:k", f"{prefix}:missing"]) == [b"v2", None]
     await cache.delete(f"{prefix}:k")
     assert await cache.get(f"{prefix}:k") is None
     await cache.delete(f"{prefix}:never-set")  # deleting what is not there is fine
