@@ -120,6 +120,20 @@ async def test_a_keys_own_limit_wins_over_the_default_and_none_is_unlimited(make
     assert lease.store is None  # nothing to count: no round trip at all
 
 
+async def test_a_cached_answer_takes_a_request_but_no_tokens_and_no_slot(make_limiter) -> None:
+    limiter = make_limiter()
+    limits = {"rpm": 3, "tpm": 10, "concurrency": 1, "budget": 10}
+    held = await limiter.admit(caller(**limits), tokens=10)
+    for _ in range(2):  # tokens, the slot and the budget are all taken: a hit still passes
+        lease = await limiter.admit(caller(**limits), tokens=10, hold=False)
+        assert lease.decision["reserved"] == 0
+        await lease.settle(0)
+    with pytest.raises(RateLimited) as over:  # but it is a request
+        await limiter.admit(caller(**limits), tokens=10, hold=False)
+    assert over.value.code == "rate_limit_exceeded"
+    await held.settle(10)
+
+
 @pytest.mark.parametrize("limit", ["rpm", "concurrency"])
 async def test_two_replicas_together_let_exactly_n_of_a_burst_through(make_limiter, limit: str) -> None:
     one, two = make_limiter(), make_limiter()  # on Redis: two clients, as two gateway processes
