@@ -75,7 +75,7 @@ class ChatCompletionRequest(_Lenient):
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # int64, as OpenAI's; beyond it backends overflow
     user: Text | None = None
 
     @model_validator(mode="before")

@@ -96,6 +96,7 @@ async def test_a_body_within_the_limit_passes_however_it_arrives(http: httpx.Asy
     (ask(n=10**30), "n"),
     (ask(n=0), "n"),
     (ask(max_tokens=10**30), "max_tokens"),
+    (ask(seed=2**64), "seed"),
 ])
 async def test_bad_values_are_400s_naming_the_parameter(app, fields: dict, param: str) -> None:
     async with serving(app) as sdk:
