@@ -84,7 +84,9 @@ class ChatCompletionRequest(_Lenient):
         if isinstance(data, dict):
             from changjak.safety.fencing import refuse_tool_fields
 
-            refuse_tool_fields(data)  # this assistant calls no tools: such fields are refused, not ignored
+            messages = data.get("messages")
+            view = data if isinstance(messages, list | None) else {**data, "messages": None}  # a bad type: pydantic says so
+            refuse_tool_fields(view)  # this assistant calls no tools: such fields are refused, not ignored
         return data
 
     @field_validator("stop", mode="before")

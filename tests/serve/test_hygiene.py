@@ -116,6 +116,7 @@ async def test_bad_values_are_400s_naming_the_parameter(app, fields: dict, param
     (b'{"model": "changjak-writer", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
      "temperature"),
     (b"[1, 2, 3]", None),
+    (b'{"model": "changjak-writer", "messages": 1.5}', "messages"),
     (b"not json", None),
     (b"", None),
 ])
