@@ -5,9 +5,9 @@
     app.state.audit = writer; ...; await writer.aclose()
 
 :class:`AuditMiddleware` is pure ASGI: every message passes through unchanged. When the response's
-final body message is about to be sent, it builds the record from the request's
-:class:`~changjak.serve.context.RequestContext` and waits until the record is committed, then lets
-the message go; so a client that has the whole answer implies a durable record, even if the
+final body message (or a stream's ``data: [DONE]``) is about to be sent, it builds the record from
+the request's :class:`~changjak.serve.context.RequestContext` and waits until the record is
+committed, then lets the message go; so a client that has the whole answer implies a durable record, even if the
 process is killed the next instant. A request whose client went away, or whose app raised, is
 recorded when it ends (``outcome`` says which). If the record cannot be written the final message
 is not sent: the answer stays incomplete rather than unaudited.
@@ -34,6 +34,7 @@ from changjak.serve.context import RequestContext, context_of
 
 logger = logging.getLogger(__name__)
 SKIP_ROUTES = ("/healthz", "/readyz", "/metrics")
+SSE_DONE = b"data: [DONE]\n\n"  # an SDK has the whole answer once it reads this, before the body ends
 
 
 class AuditWriter:
@@ -158,8 +159,9 @@ class AuditMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False) and not recorded:
-                await record("complete")
+            elif message["type"] == "http.response.body" and not recorded and (
+                    not message.get("more_body", False) or message.get("body", b"").endswith(SSE_DONE)):
+                await record("complete")  # before the last byte, or before a stream's [DONE]
             await send(message)
 
         try:

@@ -116,12 +116,14 @@ async def test_the_record_is_committed_before_the_final_body_message(app: FastAP
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.body":
-            final = not message.get("more_body", False)
-            seen.append((final, len(await asyncio.to_thread(records, app, request_id=request_id))))
+            last = not message.get("more_body", False) or message["body"].endswith(b"data: [DONE]\n\n")
+            seen.append((last, len(await asyncio.to_thread(records, app, request_id=request_id))))
 
     await app(scope, receive, send)
-    assert seen[-1] == (True, 1)  # committed when the last byte went out
-    assert all(count == 0 for final, count in seen[:-1])  # and not a moment earlier: streams are not held
+    done = next(i for i, (last, _) in enumerate(seen) if last)
+    assert seen[done] == (True, 1)  # committed when the last byte (a stream's [DONE]) went out
+    assert all(count == 0 for _, count in seen[:done])  # and not a moment earlier: streams are not held
+    assert len(seen) > 2 if stream else len(seen) == 1
 
 
 async def test_concurrent_requests_share_transactions(app: FastAPI, http: httpx.AsyncClient) -> None:
@@ -211,14 +213,24 @@ async def test_kill_9_under_load_loses_no_record_of_an_answered_request(tmp_path
                 base = servers[n % len(servers)][1]
                 while not stop.is_set():
                     request_id = f"kill-{n}-{uuid.uuid4().hex[:8]}"
+                    body, status = b"", None
                     try:
-                        response = await http.post(f"{base}/v1/chat/completions", json=CHAT,
-                                                   headers={"X-Request-Id": request_id})
-                        response.json()  # the whole answer arrived
-                    except (httpx.HTTPError, ValueError):
-                        return
-                    if response.status_code == 200:
+                        async with http.stream("POST", f"{base}/v1/chat/completions",
+                                               json={**CHAT, "stream": n % 2 == 1},
+                                               headers={"X-Request-Id": request_id}) as response:
+                            status = response.status_code
+                            async for part in response.aiter_raw():
+                                body += part
+                    except httpx.HTTPError:
+                        stop_here = True
+                    else:
+                        stop_here = False
+                    # an SDK has the whole answer at [DONE], even if the connection dies just after
+                    whole = b"data: [DONE]" in body if n % 2 else (not stop_here and body.endswith(b"}"))
+                    if status == 200 and whole:
                         answered.append(request_id)
+                    if stop_here:
+                        return
 
             load = [asyncio.create_task(client(n)) for n in range(16)]
             started = time.monotonic()
