@@ -77,4 +77,8 @@ def test_no_5xx_and_answers_match_the_schema(api) -> None:
 
 @pytest.mark.e2e
 def test_every_operation_at_length(api) -> None:
+    from schemathesis.python import asgi
+
+    with asgi.get_client(api.app) as client:  # MLflow makes its tables on first use: not a case's time
+        client.post("/admin/models/x/rollback", json={"reason": "warm"}, headers={"Authorization": f"Bearer {KEY}"})
     fuzz(api, examples=50)
