@@ -29,6 +29,11 @@ class AuditBroken(ChangjakError):
     """``changjak audit verify`` found the chain broken."""
 
 
+class AuditUnavailable(ChangjakError):
+    """A request's record could not be written: its answer must not end (not an APIError: no handler
+    may turn it into a response once the answer has started)."""
+
+
 def main_verify(settings: Settings, *, as_json: bool = False) -> None:
     """Verify the whole chain; raise :class:`AuditBroken` (exit 1) at the first broken record."""
     from changjak import db

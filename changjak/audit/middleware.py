@@ -28,8 +28,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from changjak.audit import store
-from changjak.errors import ServiceUnavailable
+from changjak.audit import AuditUnavailable, store
 from changjak.serve.context import RequestContext, context_of
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class AuditWriter:
 
     def _enqueue(self, entry: dict[str, Any], future: asyncio.Future[int] | None) -> None:
         if self._task is None or self._task.done():
-            raise ServiceUnavailable("The audit trail is not running; retry shortly.", code="audit_unavailable")
+            raise AuditUnavailable("The audit trail is not running.")
         self._pending.append((entry, future))
         self._wake.set()
 
@@ -116,8 +115,7 @@ def _settle(batch: Iterable[tuple[dict[str, Any], asyncio.Future[int] | None]], 
         if future is None or future.done():
             continue
         if seqs is None:
-            future.set_exception(ServiceUnavailable("The audit record of this request could not be written.",
-                                                    code="audit_unavailable"))
+            future.set_exception(AuditUnavailable("The audit record of this request could not be written."))
         else:
             future.set_result(seqs[i])
 
@@ -171,7 +169,7 @@ class AuditMiddleware:
                 recorded = True
                 try:
                     writer.submit(entry_of(scope, ctx, status, "cancelled"))
-                except ServiceUnavailable:
+                except AuditUnavailable:
                     logger.error("the audit trail had stopped: request %s went unrecorded", ctx.request_id)
             raise
         except BaseException:

@@ -126,6 +126,27 @@ async def test_the_record_is_committed_before_the_final_body_message(app: FastAP
     assert len(seen) > 2 if stream else len(seen) == 1
 
 
+async def test_an_answer_whose_record_cannot_be_written_never_ends(app: FastAPI, http: httpx.AsyncClient,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    with app.state.db.begin() as conn:
+        conn.execute(sa.text("DROP TABLE audit_records"))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/v1/models", "raw_path": b"/v1/models", "query_string": b"", "root_path": "",
+             "server": ("t", 80), "client": ("127.0.0.1", 1), "headers": [(b"authorization", f"Bearer {KEY}".encode())]}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with pytest.raises(Exception, match="audit record"):
+        await app(scope, receive, send)
+    assert not [m for m in sent if m["type"] == "http.response.body" and not m.get("more_body", False)]
+    assert "could not write 1 audit records" in caplog.text
+
+
 async def test_concurrent_requests_share_transactions(app: FastAPI, http: httpx.AsyncClient) -> None:
     before = app.state.audit.batches
     answers = await asyncio.gather(*(http.post("/v1/chat/completions", json=CHAT) for _ in range(40)))
