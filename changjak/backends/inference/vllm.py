@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams
-from changjak.errors import BackendError, BadRequest, ChangjakError, NotFound
+from changjak.errors import BackendError, BadRequest, ChangjakError
 
 if TYPE_CHECKING:
     from changjak.settings import VllmSettings
@@ -105,7 +105,7 @@ class VllmBackend:
     def set_default_adapter(self, name: str | None) -> None:
         """The adapter for requests that name none (None: the bare base model)."""
         if name is not None:
-            self.adapters.get(name)  # NotFound before anything changes
+            self.adapters.get(name)  # BackendError before anything changes
         self.default_adapter = name
 
     async def generate(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[GenerationChunk]:
@@ -184,7 +184,8 @@ class AdapterTable:
     def get(self, name: str) -> Any:
         if name not in self._by_name:
             known = ", ".join(sorted(self._by_name)) or "none"
-            raise NotFound(f"no adapter named {name!r} is loaded (loaded: {known})", code="model_not_found")
+            raise BackendError(f"no adapter named {name!r} is loaded (loaded: {known})",
+                               hint="add it with add_adapter() first, or name a loaded one")
         return self._by_name[name].request
 
     def entry(self, name: str) -> _Adapter | None:

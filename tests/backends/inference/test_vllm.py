@@ -1,14 +1,18 @@
-"""The vLLM adapter without vLLM or a GPU: a fake engine streams RequestOutput-shaped objects.
+"""The vLLM adapter without vLLM or a GPU: fake engines stream RequestOutput-shaped objects.
 
-The fake mimics ``AsyncLLM.generate`` (an async generator of outputs with ``outputs[0].text``,
-``token_ids``, ``finish_reason``, ``prompt_token_ids``, ``finished``) and records ``abort``
-and ``add_lora`` calls, so the mapping, cancellation and per-request LoRA choice are checked here.
+``FakeEngine`` mimics ``AsyncLLM.generate`` (an async generator of outputs with
+``outputs[0].text``, ``token_ids``, ``finish_reason``, ``prompt_token_ids``, ``finished``) from a
+script and records ``abort`` and ``add_lora`` calls, so the mapping, cancellation and per-request
+LoRA choice are checked here. ``SimulatedEngine`` also keeps vLLM's rules (max_tokens, stop
+strings cut in the engine and held back while they may be forming, seeds, one reply per prompt
+and adapter), so the backend runs the contract every backend passes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +29,8 @@ from changjak.backends.inference.vllm import (
     lora_rank,
     sampling_kwargs,
 )
-from changjak.errors import BackendError, BadRequest, NotFound
+from changjak.errors import BackendError, BadRequest
+from tests.backends.inference.contract import BackendContract
 
 pytestmark = pytest.mark.anyio
 MESSAGES = [{"role": "system", "content": "짧게"}, {"role": "user", "content": "바다 이야기"}]
@@ -179,7 +184,7 @@ async def test_each_request_gets_the_lora_it_names(tmp_path: Path) -> None:
     for name in ("challenger", None, "champion"):
         [c async for c in backend.generate(MESSAGES, GenerationParams(adapter=name))]
     assert [r.lora.lora_name for r in backend.engine.requests] == ["challenger", "champion", "champion"]
-    with pytest.raises(NotFound, match="no adapter named 'v9'"):
+    with pytest.raises(BackendError, match="no adapter named 'v9'"):
         backend.set_default_adapter("v9")
 
 
@@ -284,3 +289,54 @@ def test_control_tokens_typed_by_a_user_stay_text_with_either_encoder(tiny_model
     fallback = encode_chat(OldTokenizer(), messages)
     assert fallback.count(im_start) == 2
     assert tokenizer.decode(fallback) == tokenizer.decode(sanitized)
+
+
+CORPUS = "옛날 옛적 바닷가 마을에 등대지기 노인이 살았다. 그는 밤마다 불을 밝히고 먼 바다를 바라보았다. "
+
+
+class SimulatedEngine:
+    """vLLM's semantics over a toy model: one Hangul syllable per token, DELTA outputs each step."""
+
+    def __init__(self) -> None:
+        self.decoded = 0  # every token made, over all requests
+        self.aborted: list[str] = []
+
+    async def generate(self, prompt, sampling, request_id, *, lora_request=None):
+        ids = prompt["prompt_token_ids"]
+        key = (tuple(ids), lora_request.lora_int_id if lora_request else 0)
+        rng = random.Random(str(key) if sampling.temperature == 0 else
+                            str((key, sampling.seed)) if getattr(sampling, "seed", None) is not None else None)
+        start, stride = rng.randrange(len(CORPUS)), rng.choice([1, 1, 3])
+        hold = max((len(stop) - 1 for stop in sampling.stop), default=0)
+        text, sent = "", 0
+        for i in range(sampling.max_tokens):
+            await asyncio.sleep(0)
+            self.decoded += 1
+            text += CORPUS[(start + i * stride) % len(CORPUS)]
+            hits = [j for j in (text.find(stop) for stop in sampling.stop) if j != -1]
+            done = "stop" if hits else "length" if i == sampling.max_tokens - 1 else None
+            end = min(hits) if hits else len(text) if done else max(sent, len(text) - hold)
+            out = SimpleNamespace(text=text[sent:end], token_ids=[ord(text[-1])], finish_reason=done)
+            sent = end
+            yield SimpleNamespace(request_id=request_id, prompt_token_ids=ids, finished=done is not None,
+                                  outputs=[out])
+            if done:
+                return
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+
+class TestVllmBackendContract(BackendContract):
+    adapters = ("champion", "challenger")
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> VllmBackend:
+        backend = VllmBackend(SimulatedEngine(), FakeTokenizer(), model_id="changjak-writer",
+                              sampling_params=SimpleNamespace, lora_request=lora, output_kind="DELTA")
+        for name in self.adapters:
+            backend.adapters.add(name, tmp_path / name)
+        return backend
+
+    def tokens_generated(self, backend: VllmBackend) -> int:
+        return backend.engine.decoded
