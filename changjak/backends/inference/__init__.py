@@ -14,6 +14,7 @@ from changjak.backends.inference.base import GenerationChunk, GenerationParams, 
 BACKENDS = {
     "transformers": "changjak.backends.inference.transformers:TransformersBackend",
     "fake": "changjak.backends.inference.fake:FakeBackend",
+    "llamacpp": "changjak.backends.inference.llamacpp:LlamaCppBackend",
     "vllm": "changjak.backends.inference.vllm:VllmBackend",
 }
 

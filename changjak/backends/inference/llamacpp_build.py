@@ -129,9 +129,14 @@ def converter(version: str | None = None) -> Path:
     if env := os.environ.get("CHANGJAK_LLAMACPP_CONVERTER"):
         return Path(env)
     if version is None:
+        from importlib.metadata import PackageNotFoundError
         from importlib.metadata import version as installed
 
-        version = installed("llama-cpp-python")
+        try:
+            version = installed("llama-cpp-python")
+        except PackageNotFoundError:
+            raise FileNotFoundError("llama-cpp-python is not installed: run `make .venv/.llamacpp`, or set "
+                                    "CHANGJAK_LLAMACPP_CONVERTER to a convert_hf_to_gguf.py") from None
     dest = cache_dir() / f"llama.cpp-{version}"
     if not (dest / TOOL_MEMBERS[0]).is_file():
         sdist = cache_dir() / "wheels" / f"llama_cpp_python-{version}.tar.gz"

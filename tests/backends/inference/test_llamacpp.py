@@ -1,0 +1,192 @@
+"""The llama.cpp backend on a GGUF this module writes from the tiny Qwen2, through the shared contract,
+plus what is its own: finding the GGUF, the crash probe and its fallback, the context limit, and a
+Korean round trip through the HTTP API with the official ``openai`` SDK.
+
+Without llama-cpp-python the llama.cpp tests skip (``make`` installs it); under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+
+from changjak.backends.inference import llamacpp
+from changjak.backends.inference.base import GenerationParams
+from changjak.errors import BackendError
+from changjak.settings import LlamaCppSettings
+from tests.backends.inference.contract import BackendContract, ask, collect, text_of
+from tests.conftest import CI
+
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+OPTIONS = LlamaCppSettings(n_threads=1, n_ctx=256, parallel=2)
+
+
+def require_llama_cpp() -> None:
+    if not HAVE_LLAMA_CPP:
+        if CI:
+            pytest.fail("llama-cpp-python is required under CI=true (the Makefile installs it)")
+        pytest.skip("llama-cpp-python is not installed (run `make .venv/.llamacpp`)")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 as an f16 GGUF, written by the export's converter."""
+    require_llama_cpp()
+    from changjak.export import convert
+
+    return convert(tiny_model_dir, tmp_path_factory.mktemp("tiny-gguf") / "model-f16.gguf")
+
+
+class TestLlamaCppContract(BackendContract):
+    @pytest.fixture
+    def backend(self, tiny_gguf: Path):
+        backend = llamacpp.LlamaCppBackend.load(tiny_gguf, model_id="tiny", options=OPTIONS)
+        yield backend
+        asyncio.run(backend.aclose())
+
+    def tokens_generated(self, backend: llamacpp.LlamaCppBackend) -> int:
+        return backend.decoded
+
+
+# --- finding the model ------------------------------------------------------------------------
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF")
+    return path
+
+
+def test_an_exported_model_in_the_version_wins_over_the_base(tmp_path: Path) -> None:
+    base = touch(tmp_path / "base" / "base.gguf")
+    exported = touch(tmp_path / "version" / "model-q8_0.gguf")
+    (tmp_path / "version" / "adapter_config.json").write_text("{}")
+    assert llamacpp.find_gguf(base.parent, exported.parent) == (exported, None)
+
+
+def test_a_gguf_lora_adapter_is_applied_to_the_gguf_base(tmp_path: Path) -> None:
+    base = touch(tmp_path / "base" / "base.gguf")
+    adapter = touch(tmp_path / "version" / "adapter-f16.gguf")
+    assert llamacpp.find_gguf(base, adapter.parent) == (base, adapter)
+    assert llamacpp.find_gguf(base.parent, None) == (base, None)
+
+
+def test_a_peft_adapter_or_a_safetensors_base_says_to_export(tmp_path: Path) -> None:
+    base = touch(tmp_path / "base" / "base.gguf")
+    (tmp_path / "version").mkdir()
+    (tmp_path / "version" / "adapter_config.json").write_text("{}")
+    with pytest.raises(BackendError, match="not in GGUF form") as e:
+        llamacpp.find_gguf(base, tmp_path / "version")
+    assert "changjak export" in str(e.value)
+    (tmp_path / "hf").mkdir()
+    with pytest.raises(BackendError, match="needs a GGUF model"):
+        llamacpp.find_gguf(tmp_path / "hf", None)
+
+
+# --- the crash probe --------------------------------------------------------------------------
+
+def test_a_crash_on_the_first_decode_falls_back_to_no_extra_buffer_types(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    model = touch(tmp_path / "m.gguf")
+    probed, opened = [], []
+    monkeypatch.setattr(llamacpp, "probe", lambda m, lora, n, *, extra_bufts: probed.append(extra_bufts)
+                        or not extra_bufts)
+    monkeypatch.setattr(llamacpp, "open_llama", lambda m, lora, opts, *, extra_bufts: opened.append(extra_bufts))
+    monkeypatch.setattr(llamacpp.LlamaCppBackend, "__init__", lambda self, pool, *, model_id: None)
+    with caplog.at_level(logging.WARNING):
+        llamacpp.LlamaCppBackend.load(model, model_id="m", options=LlamaCppSettings())
+    assert probed == [True, False] and opened == [False]
+    assert "use_extra_bufts=False" in caplog.text
+
+
+def test_a_build_that_crashes_either_way_is_a_backend_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llamacpp, "probe", lambda *a, **k: False)
+    with pytest.raises(BackendError, match="crashes") as e:
+        llamacpp.LlamaCppBackend.load(touch(tmp_path / "m.gguf"), model_id="m", options=LlamaCppSettings())
+    assert "make" in str(e.value)
+
+
+def test_the_probe_decodes_a_token_of_a_real_gguf_in_a_subprocess(tiny_gguf: Path) -> None:
+    llamacpp._probed.clear()
+    assert llamacpp.probe(tiny_gguf, None, 1, extra_bufts=True)
+    assert llamacpp.probe(tiny_gguf, None, 1, extra_bufts=False)
+
+
+def test_the_probe_reports_a_broken_file_as_such_not_as_a_crash(tmp_path: Path) -> None:
+    require_llama_cpp()
+    with pytest.raises(BackendError, match="cannot load"):
+        llamacpp.probe(touch(tmp_path / "broken.gguf"), None, 1, extra_bufts=True)
+
+
+def test_the_extra_buffer_types_setting_reaches_the_model_params() -> None:
+    require_llama_cpp()
+    import llama_cpp
+
+    with llamacpp._model_params(use_extra_bufts=False):
+        assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
+    assert llama_cpp.llama_model_default_params().use_extra_bufts is True
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_context(tiny_gguf: Path):
+    backend = llamacpp.LlamaCppBackend.load(tiny_gguf, model_id="tiny", options=OPTIONS.model_copy(
+        update={"parallel": 1, "n_ctx": 256, "use_extra_bufts": False}))
+    yield backend
+    asyncio.run(backend.aclose())
+
+
+@pytest.mark.anyio
+async def test_a_prompt_longer_than_the_context_is_refused(one_context: llamacpp.LlamaCppBackend) -> None:
+    with pytest.raises(BackendError, match="context holds 256"):
+        await collect(one_context, ask("주인공은 " * 400), max_tokens=4)
+
+
+@pytest.mark.anyio
+async def test_the_reply_stops_at_the_end_of_the_context(one_context: llamacpp.LlamaCppBackend) -> None:
+    chunks = await collect(one_context, ask("용"), max_tokens=500, temperature=0)
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].prompt_tokens + chunks[-1].completion_tokens == 256
+
+
+@pytest.mark.anyio
+async def test_requests_beyond_the_pool_wait_their_turn(one_context: llamacpp.LlamaCppBackend) -> None:
+    replies = await asyncio.gather(*(collect(one_context, ask("용"), max_tokens=6, temperature=0) for _ in range(3)))
+    assert len({text_of(r) for r in replies}) == 1 and all(r[-1].completion_tokens == 6 for r in replies)
+
+
+@pytest.mark.anyio
+async def test_a_named_adapter_is_a_backend_error_and_a_closed_backend_refuses(
+        one_context: llamacpp.LlamaCppBackend) -> None:
+    with pytest.raises(BackendError, match="adapter"):
+        await collect(one_context, ask("용"), max_tokens=2, adapter="challenger")
+    await one_context.aclose()
+    assert not await one_context.ready()
+    with pytest.raises(BackendError, match="closed"):
+        await anext(one_context.generate(ask("용"), GenerationParams(max_tokens=2)))
+
+
+@pytest.mark.anyio
+async def test_korean_streams_through_the_http_api_with_the_openai_sdk(make_settings, tiny_gguf: Path) -> None:
+    from changjak.serve.app import create_app
+    from tests.serve.conftest import KEY, serving
+
+    # the gateway adds its fenced system prompt: ~500 tokens of the tiny tokenizer
+    backend = llamacpp.LlamaCppBackend.load(tiny_gguf, model_id="changjak-writer",
+                                            options=OPTIONS.model_copy(update={"n_ctx": 2048}))
+    app = create_app(make_settings(api_keys=KEY), backend, model_version="1")
+    try:
+        async with serving(app) as client:
+            stream = await client.chat.completions.create(
+                model="changjak-writer", stream=True, max_tokens=24, temperature=1.0, seed=3,
+                messages=[{"role": "user", "content": "비 내리는 골목의 이야기를 들려주세요"}])
+            pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    finally:
+        await backend.aclose()
+    reply = "".join(pieces)
+    assert reply and not reply.endswith("\ufffd")
+    assert reply.encode("utf-8").decode("utf-8") == reply
