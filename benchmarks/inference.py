@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -72,6 +73,14 @@ def long_prompt(tokenizer, n_tokens: int) -> str:
     return tokenizer.decode(ids) + "\n이 이야기를 이어서 써 줘."
 
 
+_NUMBERS = itertools.count(1)
+
+
+def unique(text: str) -> str:
+    """``text`` with a numbered start, so no prefix cache in a backend serves its prefill."""
+    return f"{next(_NUMBERS)}번 이야기. {text}"
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -108,7 +117,7 @@ def raw_transformers(model_dir: Path, sizes: Sizes, long_text: str) -> dict:
         first, whole = timed([ask], 1)[0], timed([ask], n)[0]
         decode.append((n - 1) / (whole - first))
         sequential.append(n / whole)
-        seconds, prompt_tokens = timed([long_text], 1)
+        seconds, prompt_tokens = timed([unique(long_text)], 1)
         prefill.append(prompt_tokens / seconds)
         batched.append(sizes.batch * n / timed([ASKS[i % len(ASKS)] for i in range(sizes.batch)], n)[0])
     return {"decode_tps_b1": median(decode), "sequential_tps": median(sequential),
@@ -141,7 +150,7 @@ def raw_llamacpp(gguf: Path, sizes: Sizes, long_text: str) -> dict:
             sequential.append(tokens / whole)
         llm.reset()  # no prompt cache across runs: prefill is measured cold
         start = time.perf_counter()
-        reply = llm.create_chat_completion(chat(long_text), max_tokens=1, temperature=0.0)
+        reply = llm.create_chat_completion(chat(unique(long_text)), max_tokens=1, temperature=0.0)
         prefill.append(reply["usage"]["prompt_tokens"] / (time.perf_counter() - start))
         llm.reset()
     return {"decode_tps_b1": median(decode), "sequential_tps": median(sequential), "prefill_tps": median(prefill),
@@ -233,9 +242,9 @@ async def measure_gateway(gateway: Gateway, sizes: Sizes, long_text: str) -> dic
             ttft_b1.append(first)
             if tokens > 1:
                 decode.append((tokens - 1) / (whole - first))
-            first, _, _, prompt_tokens = await stream_one(http, long_text, 1)
+            first, _, _, prompt_tokens = await stream_one(http, unique(long_text), 1)
             prefill.append(prompt_tokens / first)
-            wave = await asyncio.gather(*(stream_one(http, long_text, sizes.max_tokens)
+            wave = await asyncio.gather(*(stream_one(http, unique(long_text), sizes.max_tokens)
                                           for _ in range(sizes.ttft_concurrency)))
             ttft_c += [w[0] for w in wave]
             for c in sizes.concurrency:
