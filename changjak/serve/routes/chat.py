@@ -82,9 +82,9 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
     if cache.enabled and wanted(request.headers, params):
         found = await cache.lookup(caller.tenant, served.model_id, served.version, None, params, body.messages)
     hit = found.hit if found else None
-    ctx.decisions["cache"] = "hit" if hit else ("miss" if found else "skip")
     prompt_estimate = sum(len(m.content) for m in body.messages)  # ~ tokens; settled to the real count
     lease = await limiter.admit(caller, prompt_estimate + params.max_tokens, ctx.decisions, hold=hit is None)
+    ctx.decisions["cache"] = "hit" if hit else ("miss" if found else "skip")  # of answered requests only
     run = _Run(ctx, lease, prompt_estimate)
     handed_off = False  # a fresh stream finishes when it ends (_ClosingStream), not here
     try:
