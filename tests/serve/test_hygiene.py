@@ -131,3 +131,10 @@ async def test_unknown_fields_are_accepted(app) -> None:
     async with serving(app) as sdk:
         reply = await sdk.chat.completions.create(**ask(), extra_body={"logit_bias": {"1": 2}, "brand_new": [1]})
     assert reply.choices[0].message.content == "안녕"
+
+
+async def test_the_sdk_sees_a_413_in_the_openai_shape(app) -> None:
+    async with serving(app) as sdk:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.chat.completions.create(**ask("가" * LIMIT))
+    assert caught.value.status_code == 413 and caught.value.code == "request_too_large"
