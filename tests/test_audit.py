@@ -196,3 +196,22 @@ def test_a_cleaner_masks_once_and_keeps_the_gateway_s_own_ids(settings) -> None:
     assert [r["request_id"] for r in rows] == [own, own, "req-<전화번호>"]
     assert rows[0]["principal"] == "app <전화번호>"
     assert calls.count(f"app {PHONE}") == 1 and own not in calls
+
+
+def test_verify_while_records_are_appended(engine) -> None:
+    fill(engine, 3)
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(40):
+            store.append(engine, [store.clean_entry(entry(i), str) for _ in range(3)])
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    results = []
+    while not done.is_set():
+        results.append(store.verify(engine, page=7))
+    thread.join()
+    assert results and all(r.ok for r in results), [r for r in results if not r.ok][:1]
+    assert store.verify(engine).count == 3 + 40 * 3
