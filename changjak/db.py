@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 
 if TYPE_CHECKING:
     from changjak.settings import Settings
 
 metadata = MetaData()
+_CREATE_LOCK = 0x63_68_61_6E_67_6A_61_6B  # "changjak": one advisory lock id for table creation
 
 
 def url_of(settings: Settings) -> str:
@@ -43,7 +44,10 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     if create:
         _import_tables()
-        metadata.create_all(engine)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # replicas starting together must not race on CREATE TABLE
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK})
+            metadata.create_all(conn)
     return engine
 
 
