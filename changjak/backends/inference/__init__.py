@@ -15,6 +15,7 @@ BACKENDS = {
     "transformers": "changjak.backends.inference.transformers:TransformersBackend",
     "fake": "changjak.backends.inference.fake:FakeBackend",
     "llamacpp": "changjak.backends.inference.llamacpp:LlamaCppBackend",
+    "openai": "changjak.backends.inference.openai_upstream:OpenAIUpstreamBackend",
     "vllm": "changjak.backends.inference.vllm:VllmBackend",
 }
 
