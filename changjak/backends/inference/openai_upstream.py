@@ -66,6 +66,9 @@ class OpenAIUpstreamBackend:
                                           json=self.request_body(messages, params)) as response:
                 if response.status_code >= 400:
                     await response.aread()
+                    if response.status_code == 404 and getattr(params, "adapter", None):
+                        raise BackendError(f"the upstream server does not serve the adapter {params.adapter!r}",
+                                           hint="load it there first (vLLM: --lora-modules NAME=PATH)")
                     raise BackendError(f"the upstream server answered {response.status_code}: "
                                        f"{_error_message(response)}")
                 async for line in response.aiter_lines():

@@ -26,7 +26,9 @@ from changjak.backends.inference.fake import FakeBackend
 
 
 def create_standin(*, model: str = "upstream-model", reply: str | None = None, delay: float = 0.0,
-                   fail_after: int | None = None, status: int = 200) -> Starlette:
+                   fail_after: int | None = None, status: int = 200,
+                   adapters: dict[str, str] | None = None) -> Starlette:
+    """``adapters``: LoRA names it serves as models (like vLLM), each answering with its own reply."""
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "created": 0,
                                                           "owned_by": "standin"}]})
@@ -37,7 +39,11 @@ def create_standin(*, model: str = "upstream-model", reply: str | None = None, d
         if status != 200:
             return JSONResponse({"error": {"message": "stand-in refuses", "type": "server_error",
                                            "param": None, "code": None}}, status_code=status)
-        fake = FakeBackend(model, reply=reply, delay=delay, fail_after=fail_after)
+        asked = body.get("model", model)
+        if adapters is not None and asked != model and asked not in adapters:  # else: any name is the model
+            return JSONResponse({"error": {"message": f"The model `{asked}` does not exist.",
+                                           "type": "NotFoundError", "param": None, "code": 404}}, status_code=404)
+        fake = FakeBackend(model, reply=(adapters or {}).get(asked, reply), delay=delay, fail_after=fail_after)
         stop = body.get("stop") or []
         params = GenerationParams(max_tokens=body.get("max_tokens") or 256, temperature=body.get("temperature", 1.0),
                                   top_p=body.get("top_p", 1.0), stop=[stop] if isinstance(stop, str) else stop,

@@ -12,6 +12,7 @@ from changjak.backends import inference
 from changjak.backends.inference.base import GenerationParams
 from changjak.backends.inference.openai_upstream import OpenAIUpstreamBackend
 from changjak.errors import BackendError
+from tests.backends.inference.contract import BackendContract
 from tests.backends.inference.standin import create_standin
 from tests.serve.conftest import StreamingASGITransport
 
@@ -31,6 +32,17 @@ def upstream(app, **kwargs) -> OpenAIUpstreamBackend:
 
 async def collect(backend, **params):
     return [c async for c in backend.generate(ASK, GenerationParams(**params))]
+
+
+class TestOpenAIUpstreamContract(BackendContract):
+    """The shared backend contract, with the stand-in (the fake behind OpenAI's wire format) upstream."""
+
+    adapters = ("poet", "critic")
+
+    @pytest.fixture
+    def backend(self) -> OpenAIUpstreamBackend:
+        return upstream(create_standin(model="changjak-writer", adapters={"poet": "바다는 조용했고 별은 멀었다",
+                                                                          "critic": "이 장면은 너무 길다, 줄이자"}))
 
 
 async def test_streams_text_then_finish_and_usage() -> None:
