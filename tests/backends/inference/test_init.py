@@ -25,5 +25,5 @@ def test_every_registered_backend_is_importable_and_has_load() -> None:
 
 
 def test_an_unknown_backend_names_the_known_ones() -> None:
-    with pytest.raises(BackendError, match="known: fake, transformers"):
+    with pytest.raises(BackendError, match="known: " + ", ".join(sorted(BACKENDS))):
         create("tgi", model_id="x")
