@@ -278,6 +278,7 @@ class RagSettings(Section):
     top_k: int = Field(4, ge=0, le=50)  # chunks put in front of the model; each costs prompt tokens
     min_score: float = Field(0.8, ge=-1, le=1)  # e5 cosines sit high: ~0.77 unrelated, 0.85+ on topic
     max_document_chars: int = Field(200_000, ge=1)
+    auto: bool = False  # ground every chat in its tenant's documents; otherwise a request asks with "rag": true
 
 
 class Settings(BaseSettings):

@@ -48,6 +48,13 @@ class GuardedChat:
             return "", True
         return self.restore(verdict.text), False
 
+    def add_context(self, block: str) -> None:
+        """Append a fenced data block (retrieved documents) to the system message, making one if needed."""
+        if self.messages and self.messages[0]["role"] == "system":
+            self.messages[0] = {"role": "system", "content": f"{self.messages[0]['content']}\n\n{block}"}
+        else:
+            self.messages.insert(0, {"role": "system", "content": block})
+
     def stream(self) -> GuardedStream:
         return GuardedStream(self, self.engine.stream(tenant=self.tenant, canary=self.canary))
 

@@ -77,6 +77,8 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # int64, as OpenAI's; beyond it backends overflow
     user: Text | None = None
+    # changjak's extension: ground the answer in the tenant's documents (true, or {"top_k", "min_score"})
+    rag: bool | dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -137,6 +139,15 @@ class Choice(BaseModel):
     finish_reason: FinishReason
 
 
+class Citation(BaseModel):
+    """A retrieved chunk the answer was grounded in (changjak's extension, with ``rag``)."""
+
+    doc_id: str
+    chunk_id: str
+    title: str | None = None
+    score: float
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -145,6 +156,7 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
     choices: list[Choice]
     usage: Usage
+    citations: list[Citation] | None = None  # set when the request asked for rag and documents matched
 
 
 class Delta(BaseModel):
@@ -167,6 +179,7 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChunkChoice]  # empty in the usage chunk
     usage: Usage | None = None  # set in the usage chunk only
+    citations: list[Citation] | None = None  # on the first chunk, when rag found documents
 
 
 class ModelCard(BaseModel):

@@ -37,7 +37,7 @@ from fastapi.responses import StreamingResponse
 from changjak.backends.inference import GenerationParams
 from changjak.errors import BadRequest, ContentPolicyViolation, NotFound
 from changjak.safety.policy import ContentBlocked
-from changjak.serve import guard
+from changjak.serve import guard, retrieval
 from changjak.serve.auth import Principal
 from changjak.serve.cache import HEADER, CachedAnswer, Lookup, ResponseCache, wanted
 from changjak.serve.context import RequestContext, context_of
@@ -53,6 +53,7 @@ from changjak.serve.protocol import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    Citation,
     Delta,
     ErrorBody,
     Usage,
@@ -78,8 +79,9 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
     params = _generation_params(body, settings.serve)
     ctx = context_of(request) or RequestContext(request_id="-")
     ctx.model_version = served.version
+    grounding = retrieval.options(body.rag, settings.rag.auto)
     found = None
-    if cache.enabled and wanted(request.headers, params):
+    if cache.enabled and grounding is None and wanted(request.headers, params):  # documents change: no cache
         found = await cache.lookup(caller.tenant, served.model_id, served.version, None, params, body.messages)
     hit = found.hit if found else None
     prompt_estimate = sum(len(m.content) for m in body.messages)  # ~ tokens; settled to the real count
@@ -94,6 +96,7 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
             ctx.decisions["safety"] = {"request": "refused"}
             raise
         run.chat = chat
+        citations = [Citation(**vars(c)) for c in await retrieval.ground(request, chat, caller, grounding)] or None
         headers = {**served.headers, **({HEADER: ctx.decisions["cache"]} if found else {})}
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model_id,
                 "system_fingerprint": served.fingerprint}
@@ -106,12 +109,14 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
             response.headers.update(headers)
             return _completion(head, content, "content_filter" if withheld else hit.finish_reason, hit)
         if body.stream:
-            stream = _stream(served, chat, params, head, include_usage, run, cache, found)
+            stream = _stream(served, chat, params, head, include_usage, run, cache, found, citations)
             handed_off = True
             return _ClosingStream(stream, run.finish, media_type="text/event-stream",
                                   headers={**_SSE_HEADERS, **headers})
         response.headers.update(headers)
-        return await _complete(served, chat, params, head, run, cache, found)
+        answer = await _complete(served, chat, params, head, run, cache, found)
+        answer.citations = citations
+        return answer
     finally:
         if not handed_off:
             with anyio.CancelScope(shield=True):  # a cancelled request still gives its slot back
@@ -199,11 +204,12 @@ async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationPa
 
 
 async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
-                  include_usage: bool, run: _Run, cache: ResponseCache, found: Lookup | None) -> AsyncIterator[str]:
+                  include_usage: bool, run: _Run, cache: ResponseCache, found: Lookup | None,
+                  citations: list[Citation] | None = None) -> AsyncIterator[str]:
     def event(**fields: Any) -> str:
         return sse_event(ChatCompletionChunk(**head, **fields))
 
-    yield event(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
+    yield event(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))], citations=citations)
     answer = chat.stream()
     sent: list[str] = []
     run.generating = True
