@@ -164,22 +164,33 @@ _PRE_TOKENIZERS = {"qwen2": "qwen2"}  # model_type -> llama.cpp pre-tokenizer, f
 
 def convert(merged: Path, dest: Path) -> Path:
     """``merged`` (safetensors + tokenizer) to an f16 GGUF with llama.cpp's converter."""
+    model_type = json.loads((merged / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    return _run_converter("convert_hf_to_gguf.py", _PRE_TOKENIZERS.get(model_type, ""),
+                          [str(merged), "--outfile", str(dest), "--outtype", "f16"], dest)
+
+
+def convert_lora(adapter_dir: Path, base_dir: Path, dest: Path) -> Path:
+    """A PEFT LoRA adapter to a GGUF adapter that llama.cpp applies at load (``lora_path``)."""
+    return _run_converter("convert_lora_to_gguf.py", "",
+                          [str(adapter_dir), "--base", str(base_dir), "--outfile", str(dest), "--outtype", "f16"], dest)
+
+
+def _run_converter(name: str, pre_tokenizer: str, args: list[str], dest: Path) -> Path:
     from changjak.backends.inference.llamacpp_build import converter
 
     try:
-        script = converter()
+        script = converter(script=name)
     except (FileNotFoundError, subprocess.CalledProcessError) as e:
         raise BackendError(f"llama.cpp's GGUF converter is not available: {e}",
                            hint="run `make .venv/.llamacpp`, which builds llama-cpp-python and unpacks it") from e
-    model_type = json.loads((merged / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-    argv = [sys.executable, "-c", _CONVERT, str(script), _PRE_TOKENIZERS.get(model_type, ""), str(merged),
-            "--outfile", str(dest), "--outtype", "f16"]
-    with console.status(f"converting to {dest.name} (llama.cpp convert_hf_to_gguf.py)"):
-        result = subprocess.run(argv, capture_output=True, text=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with console.status(f"converting to {dest.name} (llama.cpp {name})"):
+        result = subprocess.run([sys.executable, "-c", _CONVERT, str(script), pre_tokenizer, *args],
+                                capture_output=True, text=True)
     if result.returncode != 0 or not dest.is_file():
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise BackendError(f"GGUF conversion failed: {last}",
-                            hint="check that the model's architecture is one llama.cpp supports (qwen2 is)")
+                           hint="check that the model's architecture is one llama.cpp supports (qwen2 is)")
     return dest
 
 

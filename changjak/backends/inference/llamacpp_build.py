@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -89,7 +90,7 @@ def cache_key(version: str, args: str, machine: str | None = None) -> str:
 
 # --- llama.cpp's GGUF converter, which the wheel does not ship --------------------------------
 
-TOOL_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+TOOL_MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 
 def cache_dir() -> Path:
@@ -121,13 +122,15 @@ def extract_tools(sdist: Path, dest: Path) -> Path:
     return dest
 
 
-def converter(version: str | None = None) -> Path:
-    """The converter matching the installed llama-cpp-python: unpacked once, fetched if need be.
+def converter(version: str | None = None, script: str = TOOL_MEMBERS[0]) -> Path:
+    """The converter (or ``convert_lora_to_gguf.py``) matching the installed llama-cpp-python:
+    unpacked once, fetched if need be.
 
-    $CHANGJAK_LLAMACPP_CONVERTER names one directly (a llama.cpp checkout's convert_hf_to_gguf.py).
+    $CHANGJAK_LLAMACPP_CONVERTER names one directly (a llama.cpp checkout's convert_hf_to_gguf.py;
+    the LoRA converter is looked for beside it).
     """
     if env := os.environ.get("CHANGJAK_LLAMACPP_CONVERTER"):
-        return Path(env)
+        return Path(env).with_name(script)
     if version is None:
         from importlib.metadata import PackageNotFoundError
         from importlib.metadata import version as installed
@@ -138,13 +141,14 @@ def converter(version: str | None = None) -> Path:
             raise FileNotFoundError("llama-cpp-python is not installed: run `make .venv/.llamacpp`, or set "
                                     "CHANGJAK_LLAMACPP_CONVERTER to a convert_hf_to_gguf.py") from None
     dest = cache_dir() / f"llama.cpp-{version}"
-    if not (dest / TOOL_MEMBERS[0]).is_file():
+    if not (dest / script).is_file():
+        shutil.rmtree(dest, ignore_errors=True)  # unpacked by an older changjak, with fewer tools
         sdist = cache_dir() / "wheels" / f"llama_cpp_python-{version}.tar.gz"
         if not sdist.is_file():
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                             f"llama-cpp-python=={version}", "-d", str(sdist.parent)], check=True)
         extract_tools(sdist, dest)
-    return dest / TOOL_MEMBERS[0]
+    return dest / script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     if ns.tools:
         version = ns.tools.name.removeprefix("llama_cpp_python-").removesuffix(".tar.gz")
         dest = cache_dir() / f"llama.cpp-{version}"
-        print(dest if (dest / TOOL_MEMBERS[0]).is_file() else extract_tools(ns.tools, dest))
+        if not all((dest / m).exists() for m in TOOL_MEMBERS):
+            shutil.rmtree(dest, ignore_errors=True)
+            extract_tools(ns.tools, dest)
+        print(dest)
         return
     args = cmake_args()
     print(cache_key(ns.key, args) if ns.key else args)

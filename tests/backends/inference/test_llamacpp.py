@@ -190,3 +190,28 @@ async def test_korean_streams_through_the_http_api_with_the_openai_sdk(make_sett
     reply = "".join(pieces)
     assert reply and not reply.endswith("\ufffd")
     assert reply.encode("utf-8").decode("utf-8") == reply
+
+
+# --- LoRA -------------------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_a_gguf_lora_adapter_applied_at_load_answers_like_the_merged_model(
+        tiny_model_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    from changjak.export import convert, convert_lora, merge
+    from tests.backends.inference.conftest import build_lora_adapter
+
+    adapter = build_lora_adapter(tiny_model_dir, tmp_path / "peft")
+    lora = convert_lora(adapter, tiny_model_dir, tmp_path / "version" / "adapter-f16.gguf")
+    merge(tiny_model_dir, adapter, tmp_path / "merged")
+    merged = convert(tmp_path / "merged", tmp_path / "merged-f16.gguf")
+
+    async def greedy(base: Path, adapter_dir: Path | None) -> str:
+        backend = llamacpp.LlamaCppBackend.load(base, adapter_dir, model_id="tiny", options=OPTIONS)
+        try:
+            return text_of(await collect(backend, ask("소설의 첫 문장을 써 주세요"), max_tokens=16, temperature=0))
+        finally:
+            await backend.aclose()
+
+    with_lora = await greedy(tiny_gguf, lora.parent)
+    assert with_lora != await greedy(tiny_gguf, None)
+    assert with_lora == await greedy(merged, None)
