@@ -83,6 +83,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from changjak import registry
 
     registry.promote(settings, version=args.version, actor=args.actor, reason=args.reason, force=args.force)
+    _drop_cached_answers(settings)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -90,6 +91,19 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     from changjak import registry
 
     registry.rollback(settings, actor=args.actor, reason=args.reason)
+    _drop_cached_answers(settings)
+
+
+def _drop_cached_answers(settings: Any) -> None:
+    """Answers the shared (Redis) cache holds for the old champion must not outlive it; servers follow the alias."""
+    from changjak.serve.cache import invalidate_sync
+
+    try:
+        if invalidate_sync(settings):
+            print("invalidated the shared response cache")
+    except Exception as e:  # noqa: BLE001 - the alias has moved; a stale cache ends with its TTL
+        print(f"changjak: the alias moved, but the shared cache could not be invalidated ({e}); "
+              "its answers expire with cache.ttl_s", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

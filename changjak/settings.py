@@ -162,6 +162,8 @@ class ServeSettings(Section):
     ready_probe_timeout_s: float = Field(10.0, gt=0)  # a probe slower than this is "not ready"
     # The `openai` backend: any OpenAI-compatible server (vLLM, ...) serving the model.
     upstream_url: str | None = None  # e.g. http://vllm:8000/v1
+    # Check the registry this often and follow the alias (0: never; /admin moves are followed at once).
+    follow_alias_s: float = Field(30.0, ge=0)
     upstream_api_key: SecretStr | None = None
     upstream_model: str | None = None  # its name upstream (vLLM --served-model-name); default model_name
     upstream_timeout_s: float = Field(60.0, gt=0)

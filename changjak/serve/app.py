@@ -24,7 +24,7 @@ from changjak.monitor.backend import MeteredBackend
 from changjak.monitor.metrics import Metrics, mark_process_dead
 from changjak.monitor.middleware import ObservabilityMiddleware
 from changjak.safety.policy import SafetyEngine
-from changjak.serve import errors, openapi
+from changjak.serve import errors, follow, openapi
 from changjak.serve.auth import KeyRing
 from changjak.serve.cache import ResponseCache
 from changjak.serve.context import ContextMiddleware
@@ -61,7 +61,8 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
         app.state.db = await asyncio.to_thread(db.connect, settings)  # the app database: audit, feedback
         app.state.audit = await AuditWriter.open(app.state.db, app.state.safety, settings.audit)
         try:
-            yield
+            async with follow.following(app):  # alias moves reach this replica without a restart
+                yield
         finally:
             unhook_signals()
             mark_process_dead()  # a --workers process: drop its live gauges

@@ -14,6 +14,7 @@ key of another tenant answers 404 like a missing one. Keys of tenant ``*`` are m
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -26,6 +27,7 @@ from changjak.serve.context import Caller
 from changjak.serve.deps import SettingsDep
 from changjak.serve.keys import KeyStore
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
@@ -152,6 +154,12 @@ async def _registry(func: Any, *args: Any, **kwargs: Any) -> str:
 
 
 async def _invalidate(request: Request) -> None:
-    """Answers cached for the old champion must not outlive it."""
+    """Answers cached for the old champion must not outlive it; the served model follows the alias."""
     if (cache := getattr(request.app.state, "cache", None)) is not None:
         await cache.invalidate()
+    from changjak.serve import follow
+
+    try:
+        await follow.follow(request.app)
+    except Exception:  # the move is made; this replica catches up on its next poll
+        logger.warning("the alias moved but this server could not follow it yet", exc_info=True)
