@@ -197,11 +197,13 @@ def _run_converter(name: str, pre_tokenizer: str, args: list[str], dest: Path) -
 def quantize(source: Path, dest: Path, quant: str, n_threads: int = 2) -> Path:
     """``source`` (f16 GGUF) quantised to ``quant`` with ``llama_cpp.llama_model_quantize``."""
     import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = n_threads
-    with console.status(f"quantising to {dest.name}"):
+    console.print(f"quantising to {dest.name} (a minute or two for 0.5B on 2 cores)")
+    with suppress_stdout_stderr(disable=False):  # llama.cpp prints a line per tensor
         code = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
     if code != 0 or not dest.is_file():
         raise BackendError(f"llama.cpp could not quantise {source.name} to {quant} (code {code})")
