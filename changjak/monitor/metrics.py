@@ -66,6 +66,9 @@ class Metrics:
         self.rate_limited = Counter("changjak_rate_limited_requests",
                                     "Requests refused by a limit (429), by the limit that refused.",
                                     ["limit", "tenant"], registry=r)
+        self.safety = Counter("changjak_safety_decisions", "Safety policy decisions: a check that fired, by "
+                              "surface, category and the action taken.", ["surface", "category", "action", "tenant"],
+                              registry=r)
         self.in_flight = Gauge("changjak_requests_in_flight", "HTTP requests being answered now.",
                                registry=r, multiprocess_mode="livesum")
         self.queued = Gauge("changjak_generations_queued", "Generations asked of the backend that have "
@@ -90,6 +93,10 @@ class Metrics:
                 self.cost.labels(version, tenant).inc(cost)
         if (cache := ctx.decisions.get("cache")) in ("hit", "miss"):
             self.cache.labels(cache, tenant).inc()
+        for verdict in _verdicts(ctx.decisions.get("safety")):
+            for category, decision in verdict.get("categories", {}).items():
+                self.safety.labels(str(verdict.get("surface", UNKNOWN)), category,
+                                   str(decision.get("action", UNKNOWN)), tenant).inc()
         limited = _limit_name(ctx.decisions.get("limits", ctx.decisions.get("limit")))
         if status == 429 or limited:
             self.rate_limited.labels(limited or "unknown", tenant).inc()
@@ -111,6 +118,17 @@ def mark_process_dead(pid: int | None = None) -> None:
 
 def _label(value: str | None) -> str:
     return value if value else UNKNOWN
+
+
+def _verdicts(found: Any) -> list[dict]:
+    """Every verdict summary (``{"surface", "action", "categories"}``) inside a ``decisions["safety"]`` value."""
+    if isinstance(found, dict):
+        if "categories" in found and "surface" in found:
+            return [found]
+        return [v for value in found.values() for v in _verdicts(value)]
+    if isinstance(found, list):
+        return [v for value in found for v in _verdicts(value)]
+    return []
 
 
 def _limit_name(decision: Any) -> str | None:

@@ -31,6 +31,7 @@ class IngestResult:
     chunks: int
     action: str  # the strictest safety action taken on a chunk (allow, flag, mask)
     categories: dict[str, int] = field(default_factory=dict)  # category -> chunks it fired on
+    verdicts: list[dict] = field(default_factory=list)  # summaries (no text) of the chunks a check fired on
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,18 @@ class RagIndex:
                              code="invalid_value")
         doc_id = doc_id or "doc_" + hashlib.sha256(text.encode()).hexdigest()[:16]
         pieces = chunk(text, max_chars=self.settings.chunk_chars, overlap=self.settings.chunk_overlap)
-        kept, fired, strictest = [], {}, "allow"
+        kept, fired, strictest, verdicts = [], {}, "allow", []
         for n, piece in enumerate(pieces):
             verdict = self.safety.check(piece, surface="document", tenant=tenant)
             for d in verdict.decisions:
                 fired[d.category] = fired.get(d.category, 0) + 1
+            if verdict.decisions:
+                verdicts.append(verdict.summary())
             if verdict.blocked:
-                raise ContentPolicyViolation(
-                    f"The document was refused by the safety policy: chunk {n} "
-                    f"({', '.join(verdict.blocked_by)}).", param="text")
+                refused = ContentPolicyViolation(f"The document was refused by the safety policy: chunk {n} "
+                                                 f"({', '.join(verdict.blocked_by)}).", param="text")
+                refused.verdicts = verdicts
+                raise refused
             strictest = max(strictest, verdict.action, key=("allow", "flag", "mask", "block").index)
             meta = {"n": n, "title": self.safety.mask_for_log(title or ""), "source": source or "",
                     "flags": ",".join(sorted(d.category for d in verdict.decisions))}
@@ -82,7 +86,7 @@ class RagIndex:
         self.store.delete_document(tenant, doc_id)  # a shorter new version leaves no stale chunks
         self.store.add(tenant, kept, vectors)
         logger.info("ingested %s for a tenant: %d chunks, action %s", doc_id, len(kept), strictest)
-        return IngestResult(doc_id, len(kept), strictest, fired)
+        return IngestResult(doc_id, len(kept), strictest, fired, verdicts)
 
     def search(self, tenant: str, query: str, *, k: int | None = None, min_score: float | None = None) -> list[Hit]:
         """The chunks of ``tenant`` nearest to ``query`` that score at least ``min_score``."""

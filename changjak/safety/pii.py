@@ -83,6 +83,10 @@ _FOLD |= {ord(c): " " for c in "\u00a0\u2009\u202f\u3000"} | {0xB7: "."}
 # Digits or letters glued on, or a separator and more digits, mean part of a longer token.
 _B = r"(?<![0-9A-Za-z])(?<![0-9][-.])"
 _E = r"(?![0-9A-Za-z])(?![-.][0-9])"
+# Identifiers whose shape is distinctive and checked (mobile numbers, resident and card numbers) are
+# found glued to Latin letters too ("tel010-...", "id900101-..."): only digits around end them.
+_BL = r"(?<![0-9])(?<![0-9][-.])"
+_EL = r"(?![0-9])(?![-.][0-9])"
 _SEP = r"(?: ?[-.] ?| )?"
 _ID_SEP = r"(?: ?- ?| )?"
 _INTL = r"(?<![0-9A-Za-z+])\(?\+ ?82\)?[ -]?(?:\(0\) ?)?0?"
@@ -215,11 +219,11 @@ _DETECTORS: tuple[tuple[frozenset[str], re.Pattern[str], Callable[[str], Verdict
     (frozenset(kinds), re.compile(pattern, re.ASCII), check) for kinds, pattern, check in (
         (("email",), r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
          r"(?![A-Za-z0-9-])", _fixed("email", 0.9)),
-        (("rrn", "frn"), _B + r"[0-9]{6}" + _ID_SEP + r"[1-8][0-9]{6}" + _E, _registration),
-        (("card",), _B + r"(?:[0-9]{4}(?:[ .-]?[0-9]{4}){3}|[0-9]{4}[ -]?[0-9]{6}[ -]?[0-9]{4,5}"
-         r"|[0-9]{13,19})" + _E, _card),
-        (("phone",), r"(?:" + _INTL + r"|" + _B + r"\(?0)1[016789]\)?" + _SEP + r"[0-9]{3,4}" + _SEP
-         + r"[0-9]{4}" + _E, _fixed("phone", 0.8)),
+        (("rrn", "frn"), _BL + r"[0-9]{6}" + _ID_SEP + r"[1-8][0-9]{6}" + _EL, _registration),
+        (("card",), _BL + r"(?:[0-9]{4}(?:[ .-]?[0-9]{4}){3}|[0-9]{4}[ -]?[0-9]{6}[ -]?[0-9]{4,5}"
+         r"|[0-9]{13,19})" + _EL, _card),
+        (("phone",), r"(?:" + _INTL + r"|" + _BL + r"\(?0)1[016789]\)?" + _SEP + r"[0-9]{3,4}" + _SEP
+         + r"[0-9]{4}" + _EL, _fixed("phone", 0.8)),
         (("phone",), r"(?:" + _INTL + r"|" + _B + r"\(?0)" + _AREA + r"\)?" + _SEP + r"[0-9]{3,4}" + _SEP
          + r"[0-9]{4}" + _E, _fixed("phone", 0.7)),
         (("brn",), _B + r"[0-9]{3}" + _ID_SEP + r"[0-9]{2}" + _ID_SEP + r"[0-9]{5}" + _E, _brn),

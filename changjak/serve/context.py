@@ -21,7 +21,8 @@ from typing import Any, Literal
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Role = Literal["admin", "operator", "developer", "user"]
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_DIGITS = re.compile(r"\d{6}|\d{2,4}[-.]\d{3,4}")
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,23 @@ def request_id_from(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             text = value.decode("latin-1")
-            if _REQUEST_ID.fullmatch(text):
+            if _REQUEST_ID.fullmatch(text) and not _holds_pii(text):
                 return text
             break
     return f"req_{uuid.uuid4().hex}"
+
+
+def _holds_pii(text: str) -> bool:
+    """Whether a client's request id carries personal data (a phone number, an email ...).
+
+    Ids go into every log line and audit record as they are, so one holding PII is replaced by a
+    fresh id. Only ids with a long digit run or an ``@`` are checked: the check is then cheap.
+    """
+    if "@" not in text and not _DIGITS.search(text):
+        return False
+    from changjak.safety import pii
+
+    return bool(pii.mask(text).counts)
 
 
 def context_of(scope_or_request: Any) -> RequestContext | None:

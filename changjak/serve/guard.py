@@ -103,9 +103,11 @@ def request(engine: SafetyEngine, settings: Settings, messages: list[ChatMessage
             verdict = engine.check(content, surface="request", tenant=tenant, vault=chat.vault)
             chat.record(verdict, where=f"messages[{index}]")
             if verdict.blocked:
-                raise ContentPolicyViolation(
+                refused = ContentPolicyViolation(
                     f"messages[{index}] was refused by the safety policy ({', '.join(verdict.blocked_by)}); "
                     "rephrase it without that content.", param=f"messages[{index}].content")
+                refused.verdicts = chat.verdicts  # summaries (no text), for the audit record and metrics
+                raise refused
             content, chat.vault = verdict.text, verdict.vault or chat.vault
         chat.messages.append({"role": message.role, "content": content})
 

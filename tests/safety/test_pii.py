@@ -239,3 +239,9 @@ def test_a_500_character_prompt_masks_well_inside_the_request_budget() -> None:
         pii.mask(text)
         timings.append(time.perf_counter() - start)
     assert statistics.median(timings) < 0.010  # all request-side checks share 10 ms at p95
+
+
+@pytest.mark.parametrize(("text", "kind"), [("tel010-2345-6789", "phone"), ("k010-2345-6789", "phone"),
+                                            ("id900101-1234568", "rrn"), ("x4111-1111-1111-1111", "card")])
+def test_distinctive_identifiers_glued_to_latin_letters_are_still_found(text, kind):
+    assert pii.mask(text).counts[kind] == 1

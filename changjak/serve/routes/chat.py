@@ -92,8 +92,8 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
     try:
         try:
             chat = guard.request(safety, settings, body.messages, caller.tenant)
-        except ContentPolicyViolation:
-            ctx.decisions["safety"] = {"request": "refused"}
+        except ContentPolicyViolation as refused:
+            ctx.decisions["safety"] = {"request": getattr(refused, "verdicts", []), "answer": [], "refused": True}
             raise
         run.chat = chat
         citations = [Citation(**vars(c)) for c in await retrieval.ground(request, chat, caller, grounding)] or None

@@ -18,10 +18,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from changjak.errors import BadRequest, NotFound, PermissionDenied
+from changjak.errors import BadRequest, ContentPolicyViolation, NotFound, PermissionDenied
 from changjak.rag import RagIndex
 from changjak.serve.auth import ALL_TENANTS, Principal, RagIngester
-from changjak.serve.context import Caller
+from changjak.serve.context import Caller, context_of
 
 router = APIRouter(prefix="/v1/rag", tags=["rag"])
 _lock = asyncio.Lock()
@@ -95,11 +95,20 @@ def tenant_of(caller: Caller, asked: str | None) -> str:
 
 
 @router.post("/documents", status_code=201)
-async def ingest_document(body: DocumentIn, caller: RagIngester, index: Index) -> DocumentOut:
+async def ingest_document(body: DocumentIn, caller: RagIngester, index: Index, request: Request) -> DocumentOut:
     """Check, chunk, embed and store one document (an existing id is replaced)."""
     tenant = tenant_of(caller, body.tenant)
-    result = await asyncio.to_thread(index.ingest, tenant, body.text, doc_id=body.id, title=body.title,
-                                     source=body.source)
+    ctx = context_of(request)
+    try:
+        result = await asyncio.to_thread(index.ingest, tenant, body.text, doc_id=body.id, title=body.title,
+                                         source=body.source)
+    except ContentPolicyViolation as refused:
+        if ctx is not None:
+            ctx.decisions["safety"] = getattr(refused, "verdicts", [])
+        raise
+    if ctx is not None:
+        ctx.decisions["safety"] = result.verdicts
+        ctx.decisions["rag"] = {"ingested": result.doc_id, "chunks": result.chunks}
     return DocumentOut(id=result.doc_id, title=index.safety.mask_for_log(body.title) if body.title else None,
                        chunks=result.chunks, action=result.action, categories=result.categories)
 
