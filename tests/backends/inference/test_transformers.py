@@ -177,7 +177,8 @@ async def test_closing_the_stream_stops_the_decode_loop_within_a_step(tiny_backe
     assert chunks[-1].completion_tokens == 8
 
 
-async def test_requests_take_turns_on_the_model(tiny_backend: TransformersBackend) -> None:
+async def test_one_thread_owns_the_model_so_forward_passes_never_overlap(
+        tiny_backend: TransformersBackend) -> None:
     running, most = [0], [0]
     lock = threading.Lock()
 
@@ -367,3 +368,32 @@ async def test_a_failed_step_fails_its_requests_and_the_next_request_runs(tiny_b
         await collect(tiny_backend, max_tokens=4)
     chunks = await collect(tiny_backend, max_tokens=4, temperature=0)
     assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == ("length", 4)
+
+
+async def test_a_request_closed_while_it_waits_is_never_prefilled(tiny_model_dir: Path) -> None:
+    backend = TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="x", max_batch_size=1)
+    release = threading.Event()
+    prefills: list[int] = []
+
+    def hold_and_count(_module, _args, kwargs) -> None:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills.append(kwargs["input_ids"].shape[1])
+        release.wait(timeout=30)
+
+    backend.model.register_forward_pre_hook(hold_and_count, with_kwargs=True)
+    running = backend.generate(MESSAGES, GenerationParams(max_tokens=3, temperature=0))
+    waiting = backend.generate(ask(PROMPTS[2]), GenerationParams(max_tokens=3, temperature=0))
+    first, second = asyncio.ensure_future(anext(running)), asyncio.ensure_future(anext(waiting))
+    await asyncio.sleep(0)  # both submitted; the first holds the only slot
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await waiting.aclose()  # the client hung up while it waited
+    release.set()
+    assert (await first).text
+    rest = [c async for c in running]
+    assert rest[-1].completion_tokens == 3
+    after = await collect(backend, max_tokens=2, temperature=0)  # runs once the closed one was skipped
+    assert after[-1].completion_tokens == 2
+    assert len(prefills) == 2  # the first request's and the last one's, never the closed one's
+    await backend.aclose()
