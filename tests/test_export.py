@@ -124,10 +124,12 @@ def test_serve_loads_the_registered_gguf_with_the_llamacpp_backend(registered: R
     result = export.main(registered.settings, fmt="gguf", quant="q8_0", model_uri=registered.uri, out=tmp_path,
                          samples=2)
     uri = f"models:/{registered.settings.model_name}/{result.version}"
-    settings = registered.settings.model_copy(update={"serve": registered.settings.serve.model_copy(
-        update={"backend": "llamacpp", "model_uri": uri})})
+    serve = registered.settings.serve
+    settings = registered.settings.model_copy(update={"serve": serve.model_copy(update={
+        "backend": "llamacpp", "model_uri": uri, "llamacpp": serve.llamacpp.model_copy(update={"parallel": 2})})})
     served = load_model(settings)
     try:
         assert type(served.backend).__name__ == "LlamaCppBackend" and served.version == result.version
+        assert len(served.backend._pool) == 2  # the settings' own section reached the backend
     finally:
         asyncio.run(served.backend.aclose())

@@ -121,8 +121,12 @@ def load_model(settings: Settings) -> ServedModel:
     logger.info("loading %s (version %s, run %s) on %s with the %s backend", settings.serve.model_uri,
                 resolved.version, resolved.run_id, base.path, settings.serve.backend)
     serve = settings.serve
-    options = ({"max_batch_size": serve.max_batch_size, "max_queue": serve.max_queue,
-                "quantization": serve.quantization} if serve.backend == "transformers" else {})
+    options = {  # each backend's own section, so a --config file reaches it too
+        "transformers": {"max_batch_size": serve.max_batch_size, "max_queue": serve.max_queue,
+                         "quantization": serve.quantization},
+        "llamacpp": {"options": serve.llamacpp},
+        "vllm": {"options": serve.vllm},
+    }.get(serve.backend, {})
     backend = inference.create(settings.serve.backend, base_path=base.path, adapter_dir=resolved.adapter_dir,
                                device=settings.serve.device, dtype="auto", model_id=resolved.name, **options)
     return ServedModel(backend, str(resolved.version), int(time.time()))
