@@ -6,9 +6,9 @@ every admitted request in one batched forward pass per token.
     ... chunks arrive on sequence.queue; sequence.cancel() drops it before the next step
 
 Between two decode steps the thread drops finished and cancelled sequences, then admits waiting
-ones: each is prefilled alone (no padding, so no fully masked rows), and its KV cache is merged
+ones: those of similar prompt length are prefilled together, and their KV cache rows are merged
 into the batch's, left-padded to a common length, with a 2-D attention mask marking the padding
-and position ids counted per sequence. A batch mixes greedy and sampled requests (each with its
+and position ids counted per sequence (torch >= 2.5 gives fully masked padding rows zeros, not NaN). A batch mixes greedy and sampled requests (each with its
 own seeded generator) and, on a PEFT model, LoRA adapters (PEFT's ``adapter_names``).
 """
 
@@ -120,9 +120,9 @@ class Scheduler:
                         admitted = [self.waiting.popleft() for _ in range(min(room, len(self.waiting)))]
                         self.admitting = len(admitted)
                     try:
-                        for seq in admitted:
-                            self._admit(seq)
-                            self.admitting -= 1
+                        for group in _prefill_groups([s for s in admitted if not s.cancelled]):
+                            self._admit(group)
+                        self.admitting = 0
                         self._step()
                     except Exception as e:  # noqa: BLE001 - every request in the batch hears of it
                         logger.exception("decode step failed")
@@ -141,27 +141,32 @@ class Scheduler:
         self.batch, self.cache, self.mask, self.model = [], None, None, None
         self.waiting.clear()
 
-    def _admit(self, seq: Sequence) -> None:
-        """Prefill ``seq`` alone, pick its first token, and merge its cache into the batch."""
+    def _admit(self, group: list[Sequence]) -> None:
+        """Prefill ``group`` in one forward pass (left-padded), pick each one's first token, and
+        merge the rows still running into the batch."""
         import torch
         from transformers import DynamicCache
 
-        if seq.cancelled:
-            return
-        if seq.params.max_tokens <= 0:
+        for seq in [s for s in group if s.params.max_tokens <= 0]:
             self._finish(seq, "length")
+        if not (group := [s for s in group if not s.done]):
             return
-        seq.generator = torch.Generator(device=self.device)
-        if seq.params.seed is None:
-            seq.generator.seed()
-        else:
-            seq.generator.manual_seed(seq.params.seed)
-        ids = torch.tensor([seq.prompt], device=self.device)
+        for seq in group:
+            seq.generator = torch.Generator(device=self.device)
+            if seq.params.seed is None:
+                seq.generator.seed()
+            else:
+                seq.generator.manual_seed(seq.params.seed)
+        n = max(len(s.prompt) for s in group)
+        pad = self.tokenizer.pad_token_id or 0  # any id: the mask hides it
+        ids = torch.tensor([[pad] * (n - len(s.prompt)) + s.prompt for s in group], device=self.device)
+        mask = torch.tensor([[0] * (n - len(s.prompt)) + [1] * len(s.prompt) for s in group], device=self.device)
         cache = DynamicCache(config=self.config)
-        positions = torch.arange(len(seq.prompt), device=self.device)[None]
-        logits = self._forward(ids, torch.ones_like(ids), positions, cache, [seq.adapter])
-        if self._advance(seq, pick(logits[0], seq.params, seq.generator)):
-            self._merge(seq, cache)
+        logits = self._forward(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), cache, [s.adapter for s in group])
+        rows = [i for i, s in enumerate(group) if self._advance(s, pick(logits[i], s.params, s.generator))]
+        if rows:
+            mask = _select(cache, mask, rows, self.device)
+            self._merge([group[i] for i in rows], cache, mask)
 
     def _step(self) -> None:
         """Drop finished and cancelled sequences, then one batched forward: a token for each."""
@@ -216,34 +221,54 @@ class Scheduler:
         seq.emit(GenerationChunk(finish_reason=reason, prompt_tokens=len(seq.prompt),
                                  completion_tokens=seq.generated))
 
-    def _merge(self, seq: Sequence, cache: Any) -> None:
-        """Append ``seq``'s prefilled cache to the batch's, left-padding the shorter one."""
+    def _merge(self, seqs: list[Sequence], cache: Any, mask: Any) -> None:
+        """Append prefilled rows to the batch's cache and mask, left-padding the shorter side."""
         import torch
         import torch.nn.functional as F
 
-        mask = torch.ones(1, seq.length, dtype=torch.long, device=self.device)
         if not self.batch:
             self.cache, self.mask = cache, mask
         else:
-            n = max(self.mask.shape[1], seq.length)
+            n = max(self.mask.shape[1], mask.shape[1])
             self.mask = torch.cat([F.pad(m, (n - m.shape[1], 0)) for m in (self.mask, mask)])
             for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
                 mine.keys = torch.cat([F.pad(t, (0, 0, n - t.shape[-2], 0)) for t in (mine.keys, theirs.keys)])
                 mine.values = torch.cat([F.pad(t, (0, 0, n - t.shape[-2], 0)) for t in (mine.values, theirs.values)])
-        self.batch.append(seq)
+        self.batch.extend(seqs)
 
     def _keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` of the batch, and cut the padding columns no sequence needs any more."""
-        import torch
-
+        """Keep only ``rows`` of the batch."""
         if len(rows) == len(self.batch):
             return
         self.batch = [self.batch[i] for i in rows]
-        if not rows:
+        if rows:
+            self.mask = _select(self.cache, self.mask, rows, self.device)
+        else:
             self.cache = self.mask = None
-            return
-        index = torch.tensor(rows, device=self.device)
-        start = int(self.mask[index].any(dim=0).long().argmax())  # the first column some row still uses
-        self.mask = self.mask[index, start:]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+
+
+def _select(cache: Any, mask: Any, rows: list[int], device: Any) -> Any:
+    """Keep ``rows`` of ``cache`` (in place) and ``mask``, cutting padding columns no row uses."""
+    import torch
+
+    if len(rows) == mask.shape[0]:
+        return mask
+    index = torch.tensor(rows, device=device)
+    start = int(mask[index].any(dim=0).long().argmax())  # the first column some row still uses
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+    return mask[index, start:]
+
+
+def _prefill_groups(seqs: list[Sequence], waste: float = 0.25, slack: int = 32) -> list[list[Sequence]]:
+    """Sequences of similar prompt length, to prefill together: padding at most ``waste`` of a
+    group's tokens (plus ``slack``), so one long prompt does not make short ones pay for its length."""
+    groups: list[list[Sequence]] = []
+    for seq in sorted(seqs, key=lambda s: len(s.prompt)):
+        group = groups[-1] if groups else None
+        real = sum(len(s.prompt) for s in group or ()) + len(seq.prompt)
+        if group is not None and len(seq.prompt) * (len(group) + 1) <= real * (1 + waste) + slack:
+            group.append(seq)
+        else:
+            groups.append([seq])
+    return groups
