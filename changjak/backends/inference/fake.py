@@ -43,6 +43,7 @@ class FakeBackend:
         finish: FinishReason = "stop"
         hit = False
         self.emitted, self.running, self.seen = 0, True, messages
+        emitted = 0  # this generation's own count: overlapping requests must not share one
         try:
             for i, token in enumerate(text):
                 if i == params.max_tokens:
@@ -52,6 +53,7 @@ class FakeBackend:
                     raise BackendError(f"fake backend failed after {i} tokens")
                 await asyncio.sleep(self.delay)
                 self.emitted += 1
+                emitted += 1
                 safe, hit = scanner.feed(token)
                 if safe:
                     yield GenerationChunk(safe)
@@ -60,7 +62,7 @@ class FakeBackend:
             if not hit and (tail := scanner.flush()):
                 yield GenerationChunk(tail)
             prompt_tokens = sum(len(m["content"]) for m in messages)
-            yield GenerationChunk(finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=self.emitted)
+            yield GenerationChunk(finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=emitted)
         finally:
             self.running = False
 
