@@ -18,6 +18,7 @@ characters escaped before it is hashed and stored (:func:`clean_entry`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -147,17 +148,46 @@ def append(engine: Engine, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Append cleaned rows (see :func:`clean_entry`) in one transaction; their seqs, in order."""
     if not rows:
         return []
+    sql = _driver_sql(engine.dialect.name, engine.dialect.paramstyle)
     with engine.begin() as conn:
-        seq, prev = _lock_head(conn)
+        seq, prev = _lock_head(conn) if sql is None else _lock_head_fast(conn, sql)
         stored = []
         for row in rows:
             seq += 1
             full = {**row, "seq": seq, "prev_hash": prev}
             full["hash"] = prev = digest(prev, full)
             stored.append(full)
-        conn.execute(records.insert(), stored)
-        conn.execute(chain.update().where(chain.c.id == 1).values(seq=seq, hash=prev))
+        if sql is None:
+            conn.execute(records.insert(), stored)
+            conn.execute(chain.update().where(chain.c.id == 1).values(seq=seq, hash=prev))
+        else:  # plain driver statements: SQLAlchemy's per-statement build cost ~0.7 ms a batch
+            conn.exec_driver_sql(sql["insert"], [tuple(r[c] for c in _COLUMNS) for r in stored])
+            conn.exec_driver_sql(sql["advance"], (seq, prev))
     return [row["seq"] for row in stored]
+
+
+_COLUMNS = tuple(c.name for c in records.columns)
+
+
+@functools.lru_cache(maxsize=8)
+def _driver_sql(dialect: str, paramstyle: str) -> dict[str, str] | None:
+    """The append's statements in the driver's own SQL, for the databases we ship with."""
+    if dialect not in ("sqlite", "postgresql") or paramstyle not in ("qmark", "format", "pyformat"):
+        return None
+    mark = "?" if paramstyle == "qmark" else "%s"
+    lock = " FOR UPDATE" if dialect == "postgresql" else ""  # SQLite: the first write locks the database
+    return {
+        "ensure": f"INSERT INTO audit_chain (id, seq, hash) VALUES (1, 0, {mark}) ON CONFLICT DO NOTHING",
+        "head": f"SELECT seq, hash FROM audit_chain WHERE id = 1{lock}",
+        "insert": f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})",
+        "advance": f"UPDATE audit_chain SET seq = {mark}, hash = {mark} WHERE id = 1",
+    }
+
+
+def _lock_head_fast(conn: Connection, sql: dict[str, str]) -> tuple[int, str]:
+    conn.exec_driver_sql(sql["ensure"], (GENESIS,))
+    seq, head = conn.exec_driver_sql(sql["head"]).one()
+    return int(seq), head
 
 
 def _lock_head(conn: Connection) -> tuple[int, str]:

@@ -39,12 +39,12 @@ class ServedModel:
         return {"x-changjak-model-version": self.version} if self.version else {}
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was built with."""
     return request.app.state.settings
 
 
-def get_served(request: Request) -> ServedModel:
+async def get_served(request: Request) -> ServedModel:
     """The loaded model; 503 while it is not loaded."""
     served: ServedModel | None = request.app.state.served
     if served is None:
@@ -52,12 +52,12 @@ def get_served(request: Request) -> ServedModel:
     return served
 
 
-def get_safety(request: Request) -> SafetyEngine:
+async def get_safety(request: Request) -> SafetyEngine:
     """The safety engine the app was built with."""
     return request.app.state.safety
 
 
-def get_cache(request: Request) -> ResponseCache:
+async def get_cache(request: Request) -> ResponseCache:
     """The response cache (built in the lifespan: in Redis when configured)."""
     cache = getattr(request.app.state, "cache", None)
     if cache is None:
@@ -65,7 +65,7 @@ def get_cache(request: Request) -> ResponseCache:
     return cache
 
 
-def get_limiter(request: Request) -> Limiter:
+async def get_limiter(request: Request) -> Limiter:
     """The per-key limiter (built in the lifespan: in Redis when configured)."""
     limiter = getattr(request.app.state, "limiter", None)
     if limiter is None:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def get_key_store(request: Request) -> KeyStore:
+async def get_key_store(request: Request) -> KeyStore:
     store: KeyStore | None = getattr(request.app.state, "key_store", None)
     if store is None:
         raise ServiceUnavailable("The key store is not open yet; retry shortly.", code="key_store_not_ready")

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/admin", tags=["audit"])
 _BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 
 
-def get_db(request: Request) -> Engine:
+async def get_db(request: Request) -> Engine:
     """The app database engine (built in the lifespan)."""
     engine: Engine | None = getattr(request.app.state, "db", None)
     if engine is None:

@@ -70,7 +70,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pr
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, caller: Principal, served: Served,
                                  settings: SettingsDep, safety: Safety, cache: Cache, limiter: Limits,
-                                 request: Request, response: Response) -> ChatCompletion | StreamingResponse:
+                                 request: Request) -> Response:
     """Answer a chat, whole or streamed as server-sent events."""
     if body.model != served.model_id:
         raise NotFound(f"Unknown model; this server serves '{served.model_id}' (see GET /v1/models).",
@@ -106,17 +106,15 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
             if body.stream:
                 return StreamingResponse(_replay(hit, content, withheld, head, include_usage),
                                          media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
-            response.headers.update(headers)
-            return _completion(head, content, "content_filter" if withheld else hit.finish_reason, hit)
+            return _json(_completion(head, content, "content_filter" if withheld else hit.finish_reason, hit), headers)
         if body.stream:
             stream = _stream(served, chat, params, head, include_usage, run, cache, found, citations)
             handed_off = True
             return _ClosingStream(stream, run.finish, media_type="text/event-stream",
                                   headers={**_SSE_HEADERS, **headers})
-        response.headers.update(headers)
         answer = await _complete(served, chat, params, head, run, cache, found)
         answer.citations = citations
-        return answer
+        return _json(answer, headers)
     finally:
         if not handed_off:
             with anyio.CancelScope(shield=True):  # a cancelled request still gives its slot back
@@ -180,6 +178,11 @@ class _ClosingStream(StreamingResponse):
             with anyio.CancelScope(shield=True):
                 await self._content.aclose()  # stops the generation of a client that hung up
                 await self._on_close()
+
+
+def _json(answer: ChatCompletion, headers: dict[str, str]) -> Response:
+    """The answer serialised by pydantic in one pass (FastAPI's generic encoder costs ~0.2 ms a request)."""
+    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def _completion(head: dict[str, Any], content: str, finish_reason: str, counts: Any) -> ChatCompletion:
