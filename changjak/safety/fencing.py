@@ -69,7 +69,8 @@ class FencedDocuments:
 
 def new_canary() -> str:
     """A fresh random token to put in one conversation's system prompt (64 random bits)."""
-    return "cj-" + "".join(secrets.choice(_ALPHABET) for _ in range(CANARY_LETTERS))
+    # 16 letters in the alphabet: each random byte's low 4 bits pick one uniformly (one syscall, not 16)
+    return "cj-" + "".join(_ALPHABET[b & 15] for b in secrets.token_bytes(CANARY_LETTERS))
 
 
 def _neutralise(text: str) -> tuple[str, int]:

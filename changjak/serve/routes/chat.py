@@ -41,7 +41,7 @@ from changjak.serve import guard, retrieval
 from changjak.serve.auth import Principal
 from changjak.serve.cache import HEADER, CachedAnswer, Lookup, ResponseCache, wanted
 from changjak.serve.context import RequestContext, context_of
-from changjak.serve.deps import Cache, Limits, Safety, Served, ServedModel, SettingsDep
+from changjak.serve.deps import GatewayDep, ServedModel
 from changjak.serve.errors import to_api_error
 from changjak.serve.guard import GuardedChat
 from changjak.serve.limits import Lease
@@ -68,10 +68,11 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pr
 
 
 @router.post("/chat/completions", response_model=None)
-async def create_chat_completion(body: ChatCompletionRequest, caller: Principal, served: Served,
-                                 settings: SettingsDep, safety: Safety, cache: Cache, limiter: Limits,
+async def create_chat_completion(body: ChatCompletionRequest, caller: Principal, gateway: GatewayDep,
                                  request: Request) -> Response:
     """Answer a chat, whole or streamed as server-sent events."""
+    settings, served, safety, cache, limiter = (gateway.settings, gateway.served, gateway.safety, gateway.cache,
+                                                gateway.limiter)
     if body.model != served.model_id:
         raise NotFound(f"Unknown model; this server serves '{served.model_id}' (see GET /v1/models).",
                        param="model", code="model_not_found")
