@@ -59,12 +59,16 @@ async def follow(app: Any) -> str | None:
 
 async def poll(app: Any, every_s: float) -> None:
     """Follow the alias every ``every_s`` seconds until cancelled; a failed look is logged and retried."""
+    last_problem = None
     while True:
         await asyncio.sleep(every_s)
         try:
             await follow(app)
-        except Exception:  # the registry may be down for a while; serving goes on
-            logger.warning("could not check where %s points", app.state.settings.serve.model_uri, exc_info=True)
+            last_problem = None
+        except Exception as e:  # the registry may be down for a while; serving goes on
+            if str(e) != last_problem:  # once per problem, not every poll
+                logger.warning("could not check where %s points: %s", app.state.settings.serve.model_uri, e)
+            last_problem = str(e)
 
 
 @contextlib.asynccontextmanager
