@@ -75,6 +75,12 @@ async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+def admin(http: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The bootstrap key's client (an admin of every tenant), for admin and multi-tenant tests."""
+    return http
+
+
 @pytest.fixture(scope="session")
 def lora_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("serve-lora"))

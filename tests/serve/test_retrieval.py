@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -25,14 +23,6 @@ ASK = {"model": MODEL, "messages": [{"role": "user", "content": "민지의 고�
 def serve_settings(make_settings) -> Settings:
     return make_settings(api_keys=KEY, serve={"max_tokens_limit": MAX_TOKENS_LIMIT},
                          rag={"vectorstore": "memory", "embedder": "hashing", "min_score": -1})
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
-                               headers={"Authorization": f"Bearer {KEY}"})
-    async with app.router.lifespan_context(app), client:
-        yield client
 
 
 @pytest.mark.parametrize(("raw", "auto", "expected"), [

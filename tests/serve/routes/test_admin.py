@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import openai
 import pytest
@@ -14,15 +12,6 @@ from tests.serve.conftest import KEY, MODEL, serving
 
 pytestmark = pytest.mark.anyio
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "안녕"}]}
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client holding the bootstrap key (admin of every tenant), the app's lifespan running."""
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
-                               headers={"Authorization": f"Bearer {KEY}"})
-    async with app.router.lifespan_context(app), client:
-        yield client
 
 
 def as_key(client: httpx.AsyncClient, key: str) -> dict:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from tests.serve.conftest import KEY, MODEL
+from tests.serve.conftest import MODEL
 
 pytestmark = pytest.mark.anyio
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "안녕"}]}
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
-                               headers={"Authorization": f"Bearer {KEY}"})
-    async with app.router.lifespan_context(app), client:
-        yield client
 
 
 async def new_key(admin: httpx.AsyncClient, role: str, tenant: str) -> dict:

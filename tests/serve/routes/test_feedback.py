@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,18 +10,9 @@ from fastapi import FastAPI
 
 from changjak import cli
 from changjak.audit import store as audit_store
-from tests.serve.conftest import KEY
 
 pytestmark = pytest.mark.anyio
 PHONE = "010-2345-6789"
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
-                               headers={"Authorization": f"Bearer {KEY}"})
-    async with app.router.lifespan_context(app), client:
-        yield client
 
 
 async def new_key(admin: httpx.AsyncClient, role: str, tenant: str, name: str = "") -> dict:

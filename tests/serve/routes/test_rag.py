@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from changjak.settings import Settings
 from tests.serve.conftest import KEY, MAX_TOKENS_LIMIT
@@ -20,14 +17,6 @@ NOVEL = "주인공 민지는 부산에서 태어났다. 그녀는 바다를 사�
 def serve_settings(make_settings) -> Settings:
     return make_settings(api_keys=KEY, serve={"max_tokens_limit": MAX_TOKENS_LIMIT},
                          rag={"vectorstore": "memory", "embedder": "hashing", "min_score": -1})
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
-                               headers={"Authorization": f"Bearer {KEY}"})
-    async with app.router.lifespan_context(app), client:
-        yield client
 
 
 async def test_a_developer_ingests_lists_searches_and_deletes_in_its_tenant(admin: httpx.AsyncClient) -> None:
