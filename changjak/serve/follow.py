@@ -41,7 +41,7 @@ async def follow(app: Any) -> str | None:
         add = getattr(served.backend, "add_adapter", None)
         if add is None or current.base_sha256 != target.base_sha256:
             why = "another base model" if add is not None else f"the {settings.serve.backend} backend loads adapters only at start"
-            if app.state.__dict__.get("stale_version") != target.version:
+            if getattr(app.state, "stale_version", None) != target.version:  # say it once per version
                 logger.warning("%s now names v%s, but this server keeps serving v%s (%s): restart it to follow",
                                settings.serve.model_uri, target.version, served.version, why)
             app.state.stale_version = target.version
