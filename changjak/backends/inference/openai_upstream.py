@@ -9,18 +9,27 @@ is sent as the model name: vLLM serves each LoRA under its own name). Its ``fini
 ``usage`` come back on the last chunk. Closing the reply's iterator closes the HTTP stream, and
 an OpenAI-compatible server stops generating when its client goes (vLLM aborts the request).
 Upstream errors, timeouts and refused connections become :class:`~changjak.errors.BackendError`.
+
+A plain ``http://`` upstream with no proxy in the environment is streamed with the lighter
+keep-alive client of :mod:`~changjak.backends.inference.upstream_http` (httpx cost ~3 ms of CPU
+a request there); https, proxies and an injected ``transport`` (tests) use httpx. ``ready()``
+always asks with httpx.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams
+from changjak.backends.inference.upstream_http import UpstreamError, UpstreamHTTP
 from changjak.errors import BackendError
 
 
@@ -33,6 +42,8 @@ class OpenAIUpstreamBackend:
         self.upstream_model = upstream_model or model_id
         self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, transport=transport,
                                         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        self.fast = (UpstreamHTTP(base_url, headers=headers, timeout=timeout, connect_timeout=min(timeout, 5.0))
+                     if transport is None and _plain_http_without_proxy(base_url) else None)
 
     @classmethod
     def load(cls, base_path: Path | None = None, adapter_dir: Path | None = None, *, device: str = "auto",
@@ -61,22 +72,23 @@ class OpenAIUpstreamBackend:
         finish: str | None = None
         usage: dict[str, Any] = {}
         pieces = 0
+        body = json.dumps(self.request_body(messages, params), ensure_ascii=False).encode()
         try:
-            async with self.client.stream("POST", "/chat/completions",
-                                          json=self.request_body(messages, params)) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    if response.status_code == 404 and getattr(params, "adapter", None):
+            async with self._stream(body) as (status, lines, read_error):
+                if status >= 400:
+                    message = await read_error()
+                    if status == 404 and getattr(params, "adapter", None):
                         raise BackendError(f"the upstream server does not serve the adapter {params.adapter!r}",
                                            hint="load it there first (vLLM: --lora-modules NAME=PATH)")
-                    raise BackendError(f"the upstream server answered {response.status_code}: "
-                                       f"{_error_message(response)}")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
+                    raise BackendError(f"the upstream server answered {status}: {message}")
+                done = False
+                async for line in lines:
+                    if done or not line.startswith("data:"):
+                        continue  # after [DONE]: read to the end, so the connection is kept for the next
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        break
+                        done = True
+                        continue
                     event = json.loads(data)
                     if "error" in event:
                         raise BackendError(f"the upstream server failed mid-stream: {_message(event)}")
@@ -86,13 +98,32 @@ class OpenAIUpstreamBackend:
                             yield GenerationChunk(text)
                         finish = choice.get("finish_reason") or finish
                     usage = event.get("usage") or usage
-        except httpx.HTTPError as e:
-            raise BackendError(f"the upstream server is not answering ({e.__class__.__name__})",
+        except (httpx.HTTPError, UpstreamError) as e:
+            kind = e.kind if isinstance(e, UpstreamError) else e.__class__.__name__
+            raise BackendError(f"the upstream server is not answering ({kind})",
                                hint="check settings.serve.upstream_url and that the server is up") from e
         except json.JSONDecodeError as e:
             raise BackendError("the upstream server sent an event that is not JSON") from e
         yield GenerationChunk(finish_reason=_finish_reason(finish), prompt_tokens=usage.get("prompt_tokens") or 0,
                               completion_tokens=usage.get("completion_tokens") or pieces)
+
+    @asynccontextmanager
+    async def _stream(self, body: bytes):
+        """(status, the body's lines, a coroutine reading an error body's message) of one streamed POST."""
+        if self.fast is not None:
+            async with self.fast.stream("/chat/completions", body) as response:
+                async def read_error() -> str:
+                    return _error_text(await response.read(), response.reason)
+
+                yield response.status, response.lines(), read_error
+            return
+        async with self.client.stream("POST", "/chat/completions", content=body,
+                                      headers={"Content-Type": "application/json"}) as response:
+            async def read_httpx_error() -> str:
+                await response.aread()
+                return _error_message(response)
+
+            yield response.status_code, response.aiter_lines(), read_httpx_error
 
     async def ready(self) -> bool:
         """The upstream lists its models (the gateway's /readyz also asks it for one token)."""
@@ -103,7 +134,18 @@ class OpenAIUpstreamBackend:
         return response.status_code == 200
 
     async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
         await self.client.aclose()
+
+
+def _plain_http_without_proxy(base_url: str) -> bool:
+    """Whether ``base_url`` is plain http and no proxy setting of the environment (as httpx reads them) applies."""
+    url = urlsplit(base_url)
+    if url.scheme != "http" or not url.hostname:
+        return False
+    proxies = urllib.request.getproxies()
+    return not (proxies.get("http") or proxies.get("all")) or urllib.request.proxy_bypass(url.hostname)
 
 
 def _finish_reason(value: str | None) -> FinishReason:
@@ -117,7 +159,12 @@ def _message(event: dict[str, Any]) -> str:
 
 
 def _error_message(response: httpx.Response) -> str:
+    return _error_text(response.content, response.reason_phrase)
+
+
+def _error_text(body: bytes, reason: str) -> str:
+    """The message of an upstream's error body (OpenAI shape, else its start, else the reason phrase)."""
     try:
-        return _message(response.json())
-    except ValueError:
-        return response.text[:200] or response.reason_phrase
+        return _message(json.loads(body))
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace")[:200] or reason
