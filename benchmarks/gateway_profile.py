@@ -190,6 +190,23 @@ def _row(path: str, concurrency: int, requests: int, errors: int, cpu: float, lo
     return row
 
 
+def calibrate() -> float:
+    """CPU ms of a fixed pure-Python workload (JSON, hashing, dicts): a yardstick of how fast the machine is
+    right now (a shared VM's CPU time per instruction varies by tens of per cent)."""
+    import gc
+    import hashlib
+
+    gc.disable()  # the collector's cost grows with the heap, which the app has grown meanwhile
+    started = time.process_time()
+    for i in range(20_000):
+        text = json.dumps({"i": i, "messages": ASK, "tenant": "bench"}, ensure_ascii=False)
+        hashlib.sha256(text.encode()).hexdigest()
+        {k: v for k, v in json.loads(text).items() if k != "i"}
+    spent = (time.process_time() - started) * 1000
+    gc.enable()
+    return spent
+
+
 def _loop_runner():
     """An asyncio.Runner on the event loop uvicorn would pick (uvloop when installed)."""
     from uvicorn.config import Config
@@ -209,18 +226,22 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,10", help="comma-separated client counts")
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per run")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests before each path")
+    parser.add_argument("--repeat", type=int, default=3, help="measured runs per point; min and median shown")
     parser.add_argument("--profile", action="store_true", help="also a cProfile'd run per point; print its top")
     parser.add_argument("--top", type=int, default=30, help="functions shown per profile")
     parser.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime ...)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     runs: list[tuple[str, int, int, bool]] = []
+    warm: list[bool] = []  # the first run of each path warms it up: not reported
     for path in args.paths.split(","):
         runs.append((path, args.warmup, 10, False))
+        warm.append(True)
         for c in levels:
-            runs.append((path, args.requests, c, False))
-            if args.profile:
-                runs.append((path, args.requests, c, True))
+            runs += [(path, args.requests, c, False)] * args.repeat + ([(path, args.requests, c, True)]
+                                                                      if args.profile else [])
+            warm += [False] * (args.repeat + args.profile)
+    calibration = calibrate()
     with tempfile.TemporaryDirectory(prefix="changjak-profile-") as tmp:
         port = free_port()
         upstream = f"http://127.0.0.1:{port}/v1"
@@ -235,15 +256,24 @@ def main() -> None:
                 rows = runner.run(drive)
         finally:
             stop(standin)
-    warm = {i for i, r in enumerate(runs) if r[1] == args.warmup and r[2] == 10 and not r[3]
-            and (i == 0 or runs[i - 1][0] != r[0])}
-    print(f"server CPU per request, via {args.via} (event loop: {LOOP[0]}):", file=sys.__stdout__)
-    for i, row in enumerate(rows):
-        if i in warm:
+    print(f"server CPU ms per request, via {args.via} (event loop: {LOOP[0]}), min / median of {args.repeat} runs; "
+          f"calibration loop {calibration:.1f} ms before, {calibrate():.1f} ms after (higher: a slower machine now)",
+          file=sys.__stdout__)
+    points: dict[tuple, list[dict]] = {}
+    for warming, row in zip(warm, rows, strict=True):
+        if warming:
             continue
-        profiler = row.pop("profiler", None)
-        print(json.dumps(row), file=sys.__stdout__)
-        if profiler is not None:
+        points.setdefault((row["path"], row["concurrency"], row["profiled"]), []).append(row)
+    for (path, concurrency, profiled), got in points.items():
+        summary = {"path": path, "concurrency": concurrency, "requests": got[0]["requests"],
+                   "errors": sum(r["errors"] for r in got)}
+        for name in ("cpu_ms_per_request", "loop_ms_per_request"):
+            values = sorted(r[name] for r in got)
+            summary[name] = [values[0], values[len(values) // 2]]
+        if profiled:
+            summary["profiled"] = True
+        print(json.dumps(summary), file=sys.__stdout__)
+        if (profiler := got[0].get("profiler")) is not None:
             text = io.StringIO()
             pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(args.sort).print_stats(args.top)
             print(text.getvalue(), file=sys.__stdout__)

@@ -29,6 +29,7 @@ from changjak.serve.auth import KeyRing
 from changjak.serve.cache import ResponseCache
 from changjak.serve.context import ContextMiddleware
 from changjak.serve.deps import ServedModel
+from changjak.serve.fastpath import ChatFastPath
 from changjak.serve.hygiene import BodyLimitMiddleware
 from changjak.serve.keys import KeyStore
 from changjak.serve.lifecycle import DrainMiddleware, Lifecycle, hook_signals
@@ -89,6 +90,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
     app.state.metrics = Metrics(settings)  # its own registry: tests build many apps
     app.state.lifecycle = Lifecycle()
     errors.install(app)
+    app.add_middleware(ChatFastPath)  # innermost: POST /v1/chat/completions without FastAPI's generic dispatch
     app.add_middleware(DrainMiddleware, lifecycle=app.state.lifecycle)  # draining: 503, audited and metered
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(AuditMiddleware, skip=settings.audit.skip_routes)
@@ -124,7 +126,7 @@ def load_model(settings: Settings) -> ServedModel:
     options = {  # each backend's own section, so a --config file reaches it too
         "transformers": {"max_batch_size": serve.max_batch_size, "max_queue": serve.max_queue,
                          "quantization": serve.quantization},
-        "llamacpp": {"options": serve.llamacpp},
+        "llamacpp": {"options": serve.llamacpp, "max_queue": serve.max_queue},
         "vllm": {"options": serve.vllm},
     }.get(serve.backend, {})
     backend = inference.create(settings.serve.backend, base_path=base.path, adapter_dir=resolved.adapter_dir,
