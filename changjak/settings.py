@@ -124,8 +124,8 @@ class LlamaCppSettings(Section):
 
     n_threads: int = Field(2, ge=1)  # decode threads per context; more than the cores only contends
     n_ctx: int = Field(4096, ge=64)  # prompt + reply tokens per request
-    n_batch: int = Field(512, ge=1)  # prompt tokens evaluated per step (prefill)
-    parallel: int = Field(1, ge=1)  # contexts (each with its own copy of the model): requests at once
+    n_batch: int = Field(512, ge=1)  # tokens per decode step: one per running request, the rest prompt chunks
+    parallel: int = Field(8, ge=1)  # requests decoded together in one context (KV cells: n_ctx each)
     # False works around the AMX crash on the first decode of a native build, decoding slower.
     use_extra_bufts: bool = True
     probe: bool = True  # decode one token in a subprocess at load; on a crash retry without extra bufts

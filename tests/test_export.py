@@ -130,6 +130,6 @@ def test_serve_loads_the_registered_gguf_with_the_llamacpp_backend(registered: R
     served = load_model(settings)
     try:
         assert type(served.backend).__name__ == "LlamaCppBackend" and served.version == result.version
-        assert len(served.backend._pool) == 2  # the settings' own section reached the backend
+        assert served.backend.batcher.slots == 2  # the settings' own section reached the backend
     finally:
         asyncio.run(served.backend.aclose())

@@ -8,9 +8,9 @@
 the GGUF ``base_path`` is or holds, with a GGUF LoRA adapter (``*adapter*.gguf``/``*lora*.gguf``
 in ``adapter_dir``) applied at load. A plain PEFT adapter must be exported first.
 
-Requests are served by a pool of ``serve.llamacpp.parallel`` contexts (default 1), each decoding
-in its own thread; more requests wait in a queue. Closing the stream stops its decode within one
-token. The prompt comes from the GGUF's own chat template (ChatML for Qwen2), and stop strings
+Up to ``serve.llamacpp.parallel`` requests (default 8) decode together in one context, one
+``llama_decode`` a step (:mod:`.llamacpp_batching`); more wait in a queue of ``serve.max_queue``,
+then get a 503. Closing the stream stops its decode within one step. The prompt comes from the GGUF's own chat template (ChatML for Qwen2), and stop strings
 are cut across token boundaries by :class:`StopScanner`. At load, one token is decoded in a
 subprocess first: a build that crashes there (AMX, see docs/inference.md) is retried with
 ``use_extra_bufts=False`` instead of taking the server down.
@@ -22,16 +22,14 @@ import asyncio
 import codecs
 import contextlib
 import logging
-import random
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams, StopScanner
+from changjak.backends.inference.base import GenerationChunk, GenerationParams
 from changjak.errors import BackendError
 
 if TYPE_CHECKING:
@@ -71,15 +69,13 @@ def _options() -> LlamaCppSettings:
 
 
 class LlamaCppBackend:
-    def __init__(self, pool: list[Llama], *, model_id: str) -> None:
+    def __init__(self, llm: Llama, *, model_id: str, slots: int = 1, n_ctx_seq: int | None = None,
+                 max_queue: int = 64) -> None:
+        from changjak.backends.inference.llamacpp_batching import Batcher
+
         self.model_id = model_id
-        self.decoded = 0  # tokens sampled so far, over every request
-        self._idle: asyncio.Queue[Llama] | None = None  # built on first use, inside the event loop
-        self._pool = pool
-        self._executor = ThreadPoolExecutor(max_workers=len(pool), thread_name_prefix="llamacpp")
-        self._stops: set[threading.Event] = set()
+        self.llm = llm
         self._closed = False
-        llm = pool[0]
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise BackendError(f"the GGUF of {model_id} carries no chat template",
@@ -88,11 +84,20 @@ class LlamaCppBackend:
 
         eos, bos = llm.token_eos(), llm.token_bos()
         self._format = Jinja2ChatFormatter(template, eos_token=_piece(llm, eos), bos_token=_piece(llm, bos))
+        self.n_ctx_seq = n_ctx_seq or llm.n_ctx() // slots
+        self.batcher = Batcher(llm, slots=slots, n_ctx_seq=self.n_ctx_seq, max_queue=max_queue,
+                               piece=lambda token: llm.detokenize([token]))
+
+    @property
+    def decoded(self) -> int:
+        """Tokens sampled so far, over every request."""
+        return self.batcher.decoded
 
     @classmethod
     def load(cls, base_path: Path | None, adapter_dir: Path | None = None, *, device: str = "cpu",
-             dtype: str = "auto", model_id: str, options: LlamaCppSettings | None = None) -> LlamaCppBackend:
-        """Open ``options.parallel`` contexts on the GGUF found by :func:`find_gguf`."""
+             dtype: str = "auto", model_id: str, options: LlamaCppSettings | None = None,
+             max_queue: int = 64) -> LlamaCppBackend:
+        """Open one context with ``options.parallel`` sequence slots on the GGUF :func:`find_gguf` finds."""
         opts = options or _options()
         model, lora = find_gguf(base_path, adapter_dir)
         extra_bufts = opts.use_extra_bufts
@@ -103,108 +108,54 @@ class LlamaCppBackend:
             if not probe(model, lora, opts.n_threads, extra_bufts=False):
                 raise BackendError(f"llama.cpp crashes decoding {model.name} on this machine",
                                    hint="rebuild llama-cpp-python with the Makefile (`make .venv/.llamacpp`)")
-        pool = [open_llama(model, lora, opts, extra_bufts=extra_bufts) for _ in range(opts.parallel)]
-        logger.info("loaded %s (%s, lora %s) in %d llama.cpp context(s)", model_id, model, lora, len(pool))
-        return cls(pool, model_id=model_id)
+        llm = open_llama(model, lora, opts, extra_bufts=extra_bufts)
+        logger.info("loaded %s (%s, lora %s): one llama.cpp context, %d sequences batched",
+                    model_id, model, lora, opts.parallel)
+        return cls(llm, model_id=model_id, slots=opts.parallel, n_ctx_seq=opts.n_ctx, max_queue=max_queue)
 
     async def generate(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[GenerationChunk]:
-        """Stream the reply from a pooled context's thread; closing this iterator stops it."""
+        """Stream the reply as the decode thread makes it; closing this iterator drops the request."""
+        from changjak.backends.inference.llamacpp_batching import END, Request
+
         if self._closed:
             raise BackendError("the llama.cpp backend is closed")
         if params.adapter is not None:
             raise BackendError(f"the llama.cpp backend loads no adapter by name ({params.adapter!r})",
                                hint="serve each exported version with its own backend")
-        if self._idle is None:
-            self._idle = asyncio.Queue()
-            for llm in self._pool:
-                self._idle.put_nowait(llm)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationChunk | asyncio.Future] = asyncio.Queue()
-        stop = threading.Event()
-        llm = await self._idle.get()
+        request = Request(self._encode(messages), params, loop=asyncio.get_running_loop(), text=_Utf8Text())
+        self.batcher.submit(request)
         try:
-            prompt = self._encode(llm, messages)
-            self._stops.add(stop)
-            worker = loop.run_in_executor(self._executor, self._decode, llm, prompt, params, stop,
-                                          lambda chunk: loop.call_soon_threadsafe(queue.put_nowait, chunk))
-        except BaseException:
-            self._idle.put_nowait(llm)
-            raise
-
-        def finished(future: asyncio.Future) -> None:
-            self._stops.discard(stop)
-            self._idle.put_nowait(llm)  # free only once its thread has let go of it
-            queue.put_nowait(future)  # after every chunk the thread emitted
-
-        worker.add_done_callback(finished)
-        try:
-            while not isinstance(item := await queue.get(), asyncio.Future):
+            while (item := await request.queue.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise BackendError(f"generation failed: {item}") from item
                 yield item
-            if (error := item.exception()) is not None:
-                raise BackendError(f"generation failed: {error}") from error
+                if item.finish_reason is not None:
+                    return
         finally:
-            stop.set()
+            request.cancel()
 
-    def _encode(self, llm: Llama, messages: list[dict]) -> list[int]:
+    def _encode(self, messages: list[dict]) -> list[int]:
+        llm = self.llm
         prompt = self._format(messages=messages).prompt
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         if len(tokens) > 1 and tokens[0] == tokens[1] == llm.token_bos():
             tokens = tokens[1:]  # the template wrote BOS itself
-        if len(tokens) >= llm.n_ctx():
-            raise BackendError(f"the prompt has {len(tokens)} tokens; the context holds {llm.n_ctx()}",
+        if len(tokens) >= self.n_ctx_seq:
+            raise BackendError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx_seq}",
                                hint="shorten the conversation or raise serve.llamacpp.n_ctx")
         return tokens
-
-    def _decode(self, llm: Llama, prompt: list[int], params: GenerationParams, stop: threading.Event,
-                emit: Callable[[GenerationChunk], None]) -> None:
-        """In a pool thread: sample until EOS, a stop string, max_tokens, the context's end or ``stop``."""
-        import llama_cpp
-
-        llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
-        budget = min(params.max_tokens, llm.n_ctx() - len(prompt))
-        text, scanner = _Utf8Text(), StopScanner(params.stop)
-        finish: FinishReason = "length"
-        n = 0
-        hit = False
-        tokens: Iterator[int] = llm.generate(prompt, top_k=0, top_p=params.top_p, min_p=0.0,
-                                             temp=max(params.temperature, 0.0), repeat_penalty=1.0)
-        with contextlib.closing(tokens):  # type: ignore[type-var]
-            while n < budget:
-                token = next(tokens)
-                self.decoded += 1
-                if stop.is_set():
-                    return
-                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                    finish = "stop"
-                    break
-                n += 1
-                safe, hit = scanner.feed(text.add(llm.detokenize([token])))
-                if safe:
-                    emit(GenerationChunk(safe))
-                if hit:
-                    finish = "stop"
-                    break
-        if not hit:
-            safe, hit = scanner.feed(text.end())
-            if hit:
-                finish = "stop"
-            if tail := safe + ("" if hit else scanner.flush()):
-                emit(GenerationChunk(tail))
-        emit(GenerationChunk(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=n))
 
     async def ready(self) -> bool:
         """Loaded and not closed (no probe generation: that would queue behind real requests)."""
         return not self._closed
 
     async def aclose(self) -> None:
-        """Stop every running generation, wait for the threads, and free the contexts."""
+        """Stop generating, wait for the decode thread's running step, and free the context."""
+        if self._closed:
+            return
         self._closed = True
-        for stop in list(self._stops):
-            stop.set()
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
-        for llm in self._pool:
-            llm.close()
-        self._pool.clear()
+        await asyncio.to_thread(self.batcher.close)
+        self.llm.close()
 
 
 class _Utf8Text:
@@ -235,12 +186,12 @@ def open_llama(model: Path, lora: Path | None, opts: LlamaCppSettings, *, extra_
     """One llama.cpp context on ``model``; ``extra_bufts=False`` is the AMX-crash fallback."""
     from llama_cpp import Llama
 
-    kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "n_batch": opts.n_batch, "n_threads": opts.n_threads,
-                              "n_threads_batch": opts.n_threads, "verbose": False}
+    kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx * opts.parallel, "n_batch": opts.n_batch,
+                              "n_threads": opts.n_threads, "n_threads_batch": opts.n_threads, "verbose": False}
     if lora is not None:
         kwargs["lora_path"] = str(lora)
     try:
-        with _model_params(use_extra_bufts=extra_bufts):
+        with _model_params(use_extra_bufts=extra_bufts, n_seq_max=opts.parallel):
             return Llama(str(model), **kwargs)
     except (ValueError, RuntimeError) as e:
         raise BackendError(f"llama.cpp cannot load {model.name}: {e}",
@@ -248,23 +199,30 @@ def open_llama(model: Path, lora: Path | None, opts: LlamaCppSettings, *, extra_
 
 
 @contextlib.contextmanager
-def _model_params(*, use_extra_bufts: bool) -> Iterator[None]:
-    """``Llama`` takes no ``use_extra_bufts``: hand it default model params with it set."""
+def _model_params(*, use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
+    """``Llama`` takes neither ``use_extra_bufts`` nor ``n_seq_max``: hand it default model and
+    context params with them set (the KV cache unified: sequences share its cells)."""
     import llama_cpp.llama as module
 
+    lib = module.llama_cpp
     with _params_lock:
-        original = module.llama_cpp.llama_model_default_params
+        model_defaults, context_defaults = lib.llama_model_default_params, lib.llama_context_default_params
 
-        def params() -> Any:
-            p = original()
+        def model_params() -> Any:
+            p = model_defaults()
             p.use_extra_bufts = use_extra_bufts
             return p
 
-        module.llama_cpp.llama_model_default_params = params
+        def context_params() -> Any:
+            p = context_defaults()
+            p.n_seq_max, p.kv_unified = n_seq_max, True
+            return p
+
+        lib.llama_model_default_params, lib.llama_context_default_params = model_params, context_params
         try:
             yield
         finally:
-            module.llama_cpp.llama_model_default_params = original
+            lib.llama_model_default_params, lib.llama_context_default_params = model_defaults, context_defaults
 
 
 _PROBE = """

@@ -16,9 +16,9 @@ import pytest
 
 from changjak.backends.inference import llamacpp
 from changjak.backends.inference.base import GenerationParams
-from changjak.errors import BackendError
+from changjak.errors import BackendError, ServiceUnavailable
 from changjak.settings import LlamaCppSettings
-from tests.backends.inference.contract import BackendContract, ask, collect, text_of
+from tests.backends.inference.contract import PROMPTS, BackendContract, ask, collect, text_of
 from tests.conftest import CI
 
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -95,7 +95,7 @@ def test_a_crash_on_the_first_decode_falls_back_to_no_extra_buffer_types(
     monkeypatch.setattr(llamacpp, "probe", lambda m, lora, n, *, extra_bufts: probed.append(extra_bufts)
                         or not extra_bufts)
     monkeypatch.setattr(llamacpp, "open_llama", lambda m, lora, opts, *, extra_bufts: opened.append(extra_bufts))
-    monkeypatch.setattr(llamacpp.LlamaCppBackend, "__init__", lambda self, pool, *, model_id: None)
+    monkeypatch.setattr(llamacpp.LlamaCppBackend, "__init__", lambda self, llm, **kwargs: None)
     with caplog.at_level(logging.WARNING):
         llamacpp.LlamaCppBackend.load(model, model_id="m", options=LlamaCppSettings())
     assert probed == [True, False] and opened == [False]
@@ -125,9 +125,11 @@ def test_the_extra_buffer_types_setting_reaches_the_model_params() -> None:
     require_llama_cpp()
     import llama_cpp
 
-    with llamacpp._model_params(use_extra_bufts=False):
+    with llamacpp._model_params(use_extra_bufts=False, n_seq_max=6):
         assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
+        assert llama_cpp.llama_cpp.llama_context_default_params().n_seq_max == 6
     assert llama_cpp.llama_model_default_params().use_extra_bufts is True
+    assert llama_cpp.llama_context_default_params().n_seq_max == 1
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ async def test_the_reply_stops_at_the_end_of_the_context(one_context: llamacpp.L
 
 
 @pytest.mark.anyio
-async def test_requests_beyond_the_pool_wait_their_turn(one_context: llamacpp.LlamaCppBackend) -> None:
+async def test_requests_beyond_the_slots_wait_their_turn(one_context: llamacpp.LlamaCppBackend) -> None:
     replies = await asyncio.gather(*(collect(one_context, ask("용"), max_tokens=6, temperature=0) for _ in range(3)))
     assert len({text_of(r) for r in replies}) == 1 and all(r[-1].completion_tokens == 6 for r in replies)
 
@@ -190,6 +192,99 @@ async def test_korean_streams_through_the_http_api_with_the_openai_sdk(make_sett
     reply = "".join(pieces)
     assert reply and not reply.endswith("\ufffd")
     assert reply.encode("utf-8").decode("utf-8") == reply
+
+
+# --- batching --------------------------------------------------------------------------------
+
+def load(tiny_gguf: Path, **options) -> llamacpp.LlamaCppBackend:
+    return llamacpp.LlamaCppBackend.load(tiny_gguf, model_id="tiny", options=OPTIONS.model_copy(update=options),
+                                         max_queue=options.pop("max_queue", 64))
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_share_decode_steps(tiny_gguf: Path) -> None:
+    backend = load(tiny_gguf, parallel=8)
+    try:
+        replies = await asyncio.gather(*(collect(backend, ask(p), max_tokens=12, temperature=0)
+                                         for p in PROMPTS))
+        batched_steps = backend.batcher.steps
+        for prompt, reply in zip(PROMPTS, replies, strict=True):
+            assert text_of(reply) == text_of(await collect(backend, ask(prompt), max_tokens=12, temperature=0))
+        alone_steps = backend.batcher.steps - batched_steps
+    finally:
+        await backend.aclose()
+    tokens = sum(r[-1].completion_tokens for r in replies)
+    assert tokens > 8 * 6
+    assert batched_steps < alone_steps / 3  # one llama_decode a step for all eight, not one each
+
+
+@pytest.mark.anyio
+async def test_a_request_joins_a_running_batch_and_both_answer_as_alone(tiny_gguf: Path) -> None:
+    backend = load(tiny_gguf, parallel=4)
+    try:
+        alone = [text_of(await collect(backend, ask(p), max_tokens=20, temperature=0)) for p in PROMPTS[:2]]
+        first = backend.generate(ask(PROMPTS[0]), GenerationParams(max_tokens=20, temperature=0))
+        head = [await anext(first) for _ in range(3)]  # it is decoding when the second one arrives
+        second = asyncio.ensure_future(collect(backend, ask(PROMPTS[1]), max_tokens=20, temperature=0))
+        rest = [c async for c in first]
+        assert text_of(head + rest) == alone[0]
+        assert text_of(await second) == alone[1]
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_prompt_longer_than_a_step_is_prefilled_in_chunks_beside_a_running_stream(tiny_gguf: Path) -> None:
+    long_prompt = ask("비 내리는 골목에서 오래된 편지를 발견했다. " * 12)
+    reference = load(tiny_gguf, parallel=2)
+    try:
+        alone = text_of(await collect(reference, long_prompt, max_tokens=10, temperature=0))
+    finally:
+        await reference.aclose()
+    backend = load(tiny_gguf, parallel=2, n_batch=16)
+    try:
+        prompt_tokens = len(backend._encode(long_prompt))
+        assert prompt_tokens > 4 * 16
+        running = asyncio.ensure_future(collect(backend, ask("용"), max_tokens=40, temperature=0))
+        chunked = await collect(backend, long_prompt, max_tokens=10, temperature=0)
+        await running
+    finally:
+        await backend.aclose()
+    assert text_of(chunked) == alone  # chunked prefill reaches the same KV cache as one pass
+    assert backend.batcher.steps >= prompt_tokens / 16
+
+
+@pytest.mark.anyio
+async def test_seeded_sampling_in_a_batch_draws_as_it_does_alone(tiny_gguf: Path) -> None:
+    backend = load(tiny_gguf, parallel=4)
+    try:
+        params = {"max_tokens": 16, "temperature": 1.0, "top_p": 0.9, "seed": 7}
+        alone = text_of(await collect(backend, ask(PROMPTS[0]), **params))
+        together = await asyncio.gather(collect(backend, ask(PROMPTS[0]), **params),
+                                        collect(backend, ask(PROMPTS[2]), max_tokens=16, temperature=1.0),
+                                        collect(backend, ask(PROMPTS[3]), max_tokens=16, temperature=0))
+    finally:
+        await backend.aclose()
+    assert text_of(together[0]) == alone
+
+
+@pytest.mark.anyio
+async def test_cancelling_frees_the_slot_and_a_full_queue_is_refused_with_503(tiny_gguf: Path) -> None:
+    backend = load(tiny_gguf, parallel=1, max_queue=1)
+    try:
+        running = backend.generate(ask("용"), GenerationParams(max_tokens=200, temperature=0))
+        await anext(running)
+        queued = asyncio.ensure_future(collect(backend, ask("용"), max_tokens=3, temperature=0))
+        await asyncio.sleep(0)  # submitted: it waits for the one slot
+        with pytest.raises(ServiceUnavailable) as refused:
+            await collect(backend, ask("용"), max_tokens=3)
+        assert refused.value.status_code == 503 and refused.value.code == "model_overloaded"
+        await running.aclose()
+        # with one slot, this only ends if the closed request left it (a hang guard, not a timing assert)
+        assert (await asyncio.wait_for(queued, timeout=60))[-1].completion_tokens == 3
+        assert backend.decoded < 200
+    finally:
+        await backend.aclose()
 
 
 # --- LoRA -------------------------------------------------------------------------------------

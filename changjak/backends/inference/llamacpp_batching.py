@@ -1,0 +1,236 @@
+"""Continuous batching for the llama.cpp backend: one context holds up to ``slots`` sequences in
+its KV cache (llama.cpp's multi-sequence cache), and one decode thread advances all of them with
+one ``llama_decode`` per step.
+
+    batcher = Batcher(llm, slots=8, n_ctx_seq=4096, max_queue=64)
+    batcher.submit(Request(prompt_ids, params, loop=loop, detokenize=...))
+    ... chunks arrive on request.queue; request.cancel() drops it before the next step
+
+A step holds the next token of every running sequence, then prompt chunks of the sequences being
+admitted, first come first served, up to the context's ``n_batch`` tokens (chunked prefill): a long
+prompt is spread over several steps instead of stalling every stream for its whole prefill. On a
+CPU a decode step is bound by reading the weights, so eight sequences cost little more than one.
+Each sequence samples from its own row of logits with its own llama.cpp sampler chain (greedy, or
+temperature, top-p and a seeded draw), so batch neighbours never change a seeded reply's draws.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams, StopScanner
+from changjak.errors import BackendError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+END = object()  # put on a request's queue when the backend closes under it
+
+
+class Request:
+    """One request's state: prompt, position in the KV cache, sampler, and the queue its chunks go to."""
+
+    def __init__(self, prompt: list[int], params: GenerationParams, *, loop: asyncio.AbstractEventLoop,
+                 text: Any) -> None:
+        self.prompt, self.params, self.loop = prompt, params, loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.text = text  # turns token bytes into text that never ends inside a character
+        self.scanner = StopScanner(params.stop)
+        self.seq_id = -1
+        self.sampler: Any = None
+        self.fed = 0  # prompt tokens in the KV cache so far
+        self.generated = 0
+        self.next_token = -1  # sampled, not yet in the cache
+        self.budget = params.max_tokens
+        self.cancelled = self.done = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def emit(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is gone: nobody is listening
+            self.cancelled = True
+
+
+class Batcher:
+    def __init__(self, llm: Any, *, slots: int, n_ctx_seq: int, max_queue: int,
+                 piece: Callable[[int], bytes]) -> None:
+        import llama_cpp
+
+        self.llm, self.lib = llm, llama_cpp
+        self.ctx, self.vocab = llm._ctx.ctx, llm._model.vocab
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.slots, self.n_ctx_seq, self.max_queue = slots, n_ctx_seq, max_queue
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.piece = piece
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.free_ids = list(range(slots))
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order: prefill goes first come first served
+        self.decoded = 0  # tokens sampled, over every request
+        self.steps = 0  # llama_decode calls
+        self.closed = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def submit(self, request: Request) -> None:
+        """Queue ``request`` for the next step; refuse when every slot and the queue are taken."""
+        with self._wake:
+            if self.closed:
+                raise BackendError("the llama.cpp backend is closed")
+            if len(self.waiting) + len(self.running) >= self.slots + self.max_queue:
+                raise ServiceUnavailable(f"The model is busy ({len(self.waiting)} requests waiting); retry shortly.",
+                                         code="model_overloaded")
+            self.waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="changjak-llamacpp", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop after the running step; waiting and running requests get END."""
+        with self._wake:
+            self.closed = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is None:
+            self._free()
+        elif thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not (self.closed or self.waiting or self.running):
+                        self._wake.wait()
+                    if self.closed:
+                        return
+                    while self.waiting and self.free_ids:
+                        self._admit(self.waiting.popleft())
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001 - every running request hears of it
+                    logger.exception("llama.cpp decode step failed")
+                    for request in list(self.running):
+                        request.emit(e)
+                        self._release(request)
+        finally:
+            with self._wake:
+                for request in self.running + list(self.waiting):
+                    if not request.done:
+                        request.emit(END)
+                self.running.clear()
+                self.waiting.clear()
+                self._free()
+
+    def _free(self) -> None:
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+
+    def _admit(self, request: Request) -> None:
+        if request.cancelled:
+            return
+        if request.params.max_tokens <= 0:
+            request.done = True
+            request.emit(GenerationChunk(finish_reason="length", prompt_tokens=len(request.prompt), completion_tokens=0))
+            return
+        lib, p = self.lib, request.params
+        request.seq_id = self.free_ids.pop()
+        request.budget = min(p.max_tokens, self.n_ctx_seq - len(request.prompt))
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if p.temperature == 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        else:  # as the other backends: temperature first, then the top-p nucleus of that distribution
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
+            if p.top_p < 1:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+            seed = p.seed if p.seed is not None else random.getrandbits(31)
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        request.sampler = chain
+        self.running.append(request)
+
+    def _step(self) -> None:
+        """Drop cancelled requests, then one llama_decode: a token for each running sequence and
+        prompt chunks of the admitted ones, up to n_batch tokens; then sample each finished row."""
+        for request in [r for r in self.running if r.cancelled]:
+            self._release(request)
+        if not self.running:
+            return
+        batch, n, rows = self.batch, 0, []
+        for request in self.running:
+            if request.fed == len(request.prompt):  # decoding
+                n = self._put(n, request.next_token, len(request.prompt) + request.generated - 1, request, True)
+                rows.append((n - 1, request))
+        for request in self.running:
+            if n >= self.n_batch:
+                break
+            if (left := len(request.prompt) - request.fed) == 0:
+                continue
+            take = min(left, self.n_batch - n)
+            for k in range(request.fed, request.fed + take):
+                n = self._put(n, request.prompt[k], k, request, k == len(request.prompt) - 1)
+            request.fed += take
+            if request.fed == len(request.prompt):
+                rows.append((n - 1, request))
+        batch.n_tokens = n
+        if (code := self.lib.llama_decode(self.ctx, batch)) != 0:
+            raise BackendError(f"llama_decode returned {code}")
+        self.steps += 1
+        for row, request in rows:
+            token = self.lib.llama_sampler_sample(request.sampler, self.ctx, row)
+            self.decoded += 1
+            if not request.cancelled:
+                self._advance(request, token)
+
+    def _put(self, n: int, token: int, pos: int, request: Request, logits: bool) -> int:
+        batch = self.batch
+        batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+        batch.seq_id[n][0] = request.seq_id
+        batch.logits[n] = logits
+        return n + 1
+
+    def _advance(self, request: Request, token: int) -> None:
+        if self.lib.llama_vocab_is_eog(self.vocab, token):
+            return self._finish(request, "stop")
+        request.generated += 1
+        safe, hit = request.scanner.feed(request.text.add(self.piece(token)))
+        if safe:
+            request.emit(GenerationChunk(safe))
+        if hit:
+            return self._finish(request, "stop", hit=True)
+        if request.generated >= request.budget:
+            return self._finish(request, "length")
+        request.next_token = token
+        return None
+
+    def _finish(self, request: Request, reason: FinishReason, *, hit: bool = False) -> None:
+        if not hit:  # the held-back text may still hold a stop string
+            safe, hit = request.scanner.feed(request.text.end())
+            reason = "stop" if hit else reason
+            if tail := safe + ("" if hit else request.scanner.flush()):
+                request.emit(GenerationChunk(tail))
+        request.done = True
+        request.emit(GenerationChunk(finish_reason=reason, prompt_tokens=len(request.prompt),
+                                     completion_tokens=request.generated))
+        self._release(request)
+
+    def _release(self, request: Request) -> None:
+        """Free ``request``'s KV cells, sampler and sequence id."""
+        if request in self.running:
+            self.running.remove(request)
+        if request.seq_id >= 0:
+            self.lib.llama_memory_seq_rm(self.memory, request.seq_id, -1, -1)
+            self.free_ids.append(request.seq_id)
+            request.seq_id = -1
+        if request.sampler is not None:
+            self.lib.llama_sampler_free(request.sampler)
+            request.sampler = None
