@@ -49,9 +49,9 @@ class MeteredBackend:
                         first = False
                         m.queued.dec()
                         m.running.inc()
-                        m.ttft.labels(version).observe(now - asked)
+                        m.child(m.ttft, version).observe(now - asked)
                     elif chunk.text:
-                        m.itl.labels(version).observe(now - previous)
+                        m.child(m.itl, version).observe(now - previous)
                     if chunk.text:
                         previous = now
                     if chunk.finish_reason is not None:

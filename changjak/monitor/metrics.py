@@ -75,24 +75,34 @@ class Metrics:
                             "not produced anything yet.", registry=r, multiprocess_mode="livesum")
         self.running = Gauge("changjak_generations_running", "Generations producing text now.",
                              registry=r, multiprocess_mode="livesum")
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # see child()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus_client validates and locks on every call
+        (~10 µs), and a request touches up to six labelled children."""
+        key = (id(metric), labels)
+        if (found := self._children.get(key)) is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe_request(self, ctx: RequestContext | None, *, route: str, method: str, status: int,
                         seconds: float) -> None:
         """Count one answered request and everything its context says was decided."""
         tenant = _label(ctx.caller.tenant if ctx and ctx.caller else None)
         version = _label(ctx.model_version if ctx else None)
-        self.requests.labels(route, method, str(status), version, tenant).inc()
-        self.latency.labels(route, method).observe(seconds)
+        child = self.child
+        child(self.requests, route, method, str(status), version, tenant).inc()
+        child(self.latency, route, method).observe(seconds)
         if ctx is None:
             return
         if ctx.prompt_tokens or ctx.completion_tokens:
-            self.prompt_tokens.labels(version, tenant).inc(ctx.prompt_tokens)
-            self.completion_tokens.labels(version, tenant).inc(ctx.completion_tokens)
+            child(self.prompt_tokens, version, tenant).inc(ctx.prompt_tokens)
+            child(self.completion_tokens, version, tenant).inc(ctx.completion_tokens)
             cost = (ctx.prompt_tokens * self.price_in + ctx.completion_tokens * self.price_out) / 1000
             if cost:
-                self.cost.labels(version, tenant).inc(cost)
+                child(self.cost, version, tenant).inc(cost)
         if (cache := ctx.decisions.get("cache")) in ("hit", "miss"):
-            self.cache.labels(cache, tenant).inc()
+            child(self.cache, cache, tenant).inc()
         for verdict in _verdicts(ctx.decisions.get("safety")):
             for category, decision in verdict.get("categories", {}).items():
                 self.safety.labels(str(verdict.get("surface", UNKNOWN)), category,

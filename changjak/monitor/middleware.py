@@ -63,6 +63,8 @@ class ObservabilityMiddleware:
             route, method = route_template(scope), scope.get("method", "")
             final = status or CLIENT_GONE
             self.metrics.observe_request(ctx, route=route, method=method, status=final, seconds=seconds)
-            access.info("%s %s %d", method, route, final,
-                        extra={"route": route, "status": final, "latency_ms": round(seconds * 1000, 2)})
+            if access.isEnabledFor(logging.INFO):  # Logger.info, less its stack walk for the caller (~15 µs)
+                access.handle(access.makeRecord(
+                    access.name, logging.INFO, __file__, 0, "%s %s %d", (method, route, final), None, "access",
+                    extra={"route": route, "status": final, "latency_ms": round(seconds * 1000, 2)}))
             request_logs.unbind(token)

@@ -256,3 +256,17 @@ async def test_two_gateways_on_one_redis_share_entries_and_invalidation(make_set
         assert keys and not any("비" in key.decode() for key in keys)
         for key in keys:
             await client.delete(key)
+
+
+def test_keys_are_those_of_earlier_releases() -> None:
+    """Entries already in a shared Redis stay readable: the key is the SHA-256 of the same material as before."""
+    import hashlib
+    from dataclasses import asdict
+
+    cache = ResponseCache(MemoryCache(), ttl_s=60)
+    params = GenerationParams(max_tokens=7, temperature=0.0, stop=["끝"], seed=3)
+    messages = [ChatMessage(role="user", content=" 비 내리는 골목 ")]
+    material = {"tenant": "acme", "model": MODEL, "version": "4", "prompt": None, "params": asdict(params),
+                "messages": [["user", "비 내리는 골목", None]]}
+    expected = hashlib.sha256(json.dumps(material, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+    assert cache.key("acme", MODEL, "4", None, params, messages) == f"changjak:resp:{expected}"
