@@ -73,6 +73,7 @@ def new_canary() -> str:
     return "cj-" + "".join(_ALPHABET[b & 15] for b in secrets.token_bytes(CANARY_LETTERS))
 
 
+@lru_cache(maxsize=256)  # the same system prompt is fenced for every request: neutralised once
 def _neutralise(text: str) -> tuple[str, int]:
     cleaned, markers = _MARKERS.subn(_NEUTRAL, text)
     visible = "".join(c for c in cleaned if c in "\n\t" or unicodedata.category(c) not in ("Cf", "Cc"))

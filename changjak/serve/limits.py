@@ -151,13 +151,23 @@ class Limiter:
 
     def _ask(self, key_id: str, limits: Limits, tokens: int) -> Ask:
         base = f"{self.prefix}:lim:{{{key_id}}}"  # {hash tag}: one Redis Cluster slot per key
-        period, left_s = budget_period(time.time(), self.settings.budget_period)
+        period, left_s = self._period(time.time())
         return Ask(keys=(f"{base}:rpm", f"{base}:tpm", f"{base}:inflight", f"{base}:budget:{period}"),
                    rpm=limits.rpm or 0, tpm=limits.tpm or 0, concurrency=limits.concurrency or 0,
                    budget=limits.budget or 0, tokens=tokens,
-                   tpm_cost=min(tokens, limits.tpm) if limits.tpm else tokens, lease_id=uuid.uuid4().hex,
+                   tpm_cost=min(tokens, limits.tpm) if limits.tpm else tokens,
+                   lease_id=uuid.uuid4().hex if limits.concurrency else "",  # only a concurrency slot needs one
                    lease_ms=int(self.settings.concurrency_lease_s * 1000), budget_left_ms=int(left_s * 1000),
                    budget_ttl_s=int(left_s) + 86_400)
+
+    def _period(self, now: float) -> tuple[str, float]:
+        """:func:`budget_period` of ``now``, its calendar arithmetic done once per period."""
+        label, end = getattr(self, "_current_period", ("", 0.0))
+        if now >= end or now < end - 32 * 86_400:  # a new period (or a clock set back by more than one)
+            label, left = budget_period(now, self.settings.budget_period)
+            end = now + left
+            self._current_period = (label, end)
+        return label, end - now
 
 
 def budget_period(now: float, period: str) -> tuple[str, float]:

@@ -156,6 +156,14 @@ def test_budget_periods_are_calendar_days_and_months_in_utc() -> None:
     assert budget_period(moment, "month") == ("2026-12", 3600.0)
 
 
+def test_the_limiter_follows_budget_periods_across_their_ends() -> None:
+    """It works the calendar out once per period, and moves on when one ends (or the clock jumps back)."""
+    limiter = Limiter(LimitSettings(budget_period="month"), MemoryStore())
+    moment = datetime(2026, 12, 31, 23, 0, tzinfo=UTC).timestamp()
+    for now in (moment, moment + 1800, moment + 3600, moment + 7200, moment - 40 * 86_400, moment):
+        assert limiter._period(now) == budget_period(now, "month")
+
+
 # Through the API: the openai SDK's RateLimitError, Retry-After, and whose limit applies.
 
 
