@@ -201,7 +201,9 @@ def open_llama(model: Path, lora: Path | None, opts: LlamaCppSettings, *, extra_
 @contextlib.contextmanager
 def _model_params(*, use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
     """``Llama`` takes neither ``use_extra_bufts`` nor ``n_seq_max``: hand it default model and
-    context params with them set (the KV cache unified: sequences share its cells)."""
+    context params with them set. Each sequence gets its own ``n_ctx / n_seq_max`` cells (not one
+    unified cache: measured on the demo model, 8 sequences at 4096 cells each decoded a step in
+    134 ms split, 475-745 ms unified, whose attention masks span every sequence's cells)."""
     import llama_cpp.llama as module
 
     lib = module.llama_cpp
@@ -215,7 +217,7 @@ def _model_params(*, use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None
 
         def context_params() -> Any:
             p = context_defaults()
-            p.n_seq_max, p.kv_unified = n_seq_max, True
+            p.n_seq_max, p.kv_unified = n_seq_max, False
             return p
 
         lib.llama_model_default_params, lib.llama_context_default_params = model_params, context_params
