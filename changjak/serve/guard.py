@@ -17,8 +17,9 @@ remembers recent verdicts of one engine by the text's SHA-256: a user message se
 earlier turn of a conversation, a repeated prompt) and a cached answer sent again cost a hash
 instead of the checks. What it never reuses: a verdict that took a reversible PII vault in or
 gave one out (its masked values belong to one conversation), and the canary check of an answer
-(each conversation's canary is new): an answer's memo holds the verdict without it and the
-canary is looked for on every answer, in the text the checks would have seen.
+(each conversation's canary is new): an answer's memo holds the verdict without it, and the folded
+forms of the text the checks would have seen (``fencing.canary_views``), in which the canary is
+looked for on every answer.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ class VerdictMemo:
 
     def __init__(self, engine: SafetyEngine) -> None:
         self.engine = engine
-        self._seen: dict[tuple[str, str | None, bytes], tuple[Verdict, str]] = {}
+        self._seen: dict[tuple[str, str | None, bytes], tuple[Verdict, str | tuple[str, ...]]] = {}
         self.hits = 0
 
-    def _remember(self, key: tuple, value: tuple[Verdict, str]) -> None:
+    def _remember(self, key: tuple, value: tuple[Verdict, str | tuple[str, ...]]) -> None:
         if len(self._seen) >= self.MAX_ENTRIES:
             self._seen.clear()
         self._seen[key] = value
@@ -77,16 +78,17 @@ class VerdictMemo:
         key = ("response", tenant, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
         if (found := self._seen.get(key)) is not None:
             self.hits += 1
-            verdict, sanitised = found
+            verdict, views = found
         else:
             verdict = self.engine.check(text, surface="response", tenant=tenant)  # every check but the canary's
             sanitised = text  # what the canary check sees: the text after markup masking, as in engine.check
             if self.engine.policy(tenant).actions["markup"] == "mask":
                 cleaned = sanitize.sanitize_output(text, self.engine.allowed_hosts)
                 sanitised = cleaned.text if cleaned.actions else text
+            views = fencing.canary_views(sanitised)  # the text's folded forms: each canary is looked for in them
             if verdict.vault is None:
-                self._remember(key, (verdict, sanitised))
-        if canary and fencing.leaks_canary(sanitised, canary):
+                self._remember(key, (verdict, views))
+        if canary and fencing.leaks_canary(text, canary, views):
             canary_decision = Decision("canary", 1.0, self.engine.policy(tenant).actions["canary"])
             decisions = list(verdict.decisions)
             decisions.insert(1 if decisions and decisions[0].category == "markup" else 0, canary_decision)
