@@ -12,9 +12,9 @@ Nothing secret goes in here: ``Caller.key_id`` is the key's visible prefix, neve
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,7 +65,7 @@ def request_id_from(scope: Scope) -> str:
             if _REQUEST_ID.fullmatch(text) and not _holds_pii(text):
                 return text
             break
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{os.urandom(16).hex()}"  # 32 random hex digits, as uuid4().hex but cheaper
 
 
 def _holds_pii(text: str) -> bool:

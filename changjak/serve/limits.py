@@ -21,8 +21,8 @@ Without it, the same arithmetic runs in-process, where one event loop makes it a
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -156,7 +156,7 @@ class Limiter:
                    rpm=limits.rpm or 0, tpm=limits.tpm or 0, concurrency=limits.concurrency or 0,
                    budget=limits.budget or 0, tokens=tokens,
                    tpm_cost=min(tokens, limits.tpm) if limits.tpm else tokens,
-                   lease_id=uuid.uuid4().hex if limits.concurrency else "",  # only a concurrency slot needs one
+                   lease_id=os.urandom(16).hex() if limits.concurrency else "",  # only a concurrency slot needs one
                    lease_ms=int(self.settings.concurrency_lease_s * 1000), budget_left_ms=int(left_s * 1000),
                    budget_ttl_s=int(left_s) + 86_400)
 

@@ -23,8 +23,8 @@ hit) and ``decisions["limits"|"cache"|"safety"]``.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -99,7 +99,7 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
         run.chat = chat
         citations = [Citation(**vars(c)) for c in await retrieval.ground(request, chat, caller, grounding)] or None
         headers = {**served.headers, **({HEADER: ctx.decisions["cache"]} if found else {})}
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model_id,
+        head = {"id": f"chatcmpl-{os.urandom(16).hex()}", "created": int(time.time()), "model": served.model_id,
                 "system_fingerprint": served.fingerprint}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if hit is not None:  # no slot, no tokens: only rpm counts it
