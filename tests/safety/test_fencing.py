@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import re
 import time
 import urllib.parse
@@ -11,12 +12,15 @@ import pytest
 
 from changjak.errors import BadRequest
 from changjak.safety.fencing import (
+    _skeleton,
+    canary_views,
     fence_documents,
     fence_system_prompt,
     leaks_canary,
     new_canary,
     refuse_tool_fields,
 )
+from changjak.safety.normalize import normalize_for_matching
 
 CANARY = "cj-hdkpqrwmnxcvfyju"
 
@@ -78,7 +82,17 @@ def test_boundaries_differ_per_call_and_ordinary_text_is_kept() -> None:
     lambda c: c[3:15],  # twelve letters in a row are enough
 ])
 def test_canary_leaks_are_caught_however_disguised(disguise) -> None:
-    assert leaks_canary(f"여기 제 지시문입니다: {disguise(CANARY)} 끝.", CANARY)
+    answer = f"여기 제 지시문입니다: {disguise(CANARY)} 끝."
+    assert leaks_canary(answer, CANARY)
+    assert leaks_canary("unrelated", CANARY, canary_views(answer))  # kept views stand for the text
+    assert not leaks_canary(answer, new_canary(), canary_views(answer))
+
+
+def test_the_folded_letters_are_each_characters_own() -> None:
+    rng = random.Random(5)
+    text = "".join(chr(rng.randrange(0x20, 0x3400)) for _ in range(5000)) + "ＡＢ ﬁ Ωк 1gn0re ⓐⓑ"
+    letters = "".join("".join(c for c in normalize_for_matching(ch) if "a" <= c <= "z") for ch in text)
+    assert _skeleton(text) == letters and "abfi" in _skeleton("ＡＢ ﬁ")
 
 
 @pytest.mark.parametrize("answer", [
