@@ -9,6 +9,7 @@ base model that version was trained on, and loads base + adapter with the backen
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,11 @@ from changjak.serve.limits import Limiter
 from changjak.serve.routes import admin, audit, chat, feedback, health, models, rag
 from changjak.serve.routes import metrics as metrics_route
 from changjak.settings import Settings
+
+# changjak meters and logs itself (changjak.monitor); FastAPI >= 0.165's own OpenTelemetry hooks would
+# ask the global OTel providers on every request (~20 µs of CPU) to find them unconfigured.
+_NO_OTEL = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+            if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
             if backend is None:
                 await served.backend.aclose()
 
-    app = FastAPI(title="changjak", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="changjak", version=__version__, lifespan=lifespan, **_NO_OTEL,
                   summary="OpenAI-compatible API of the changjak Korean creative-writing model")
     app.state.settings = settings
     app.state.keys = KeyRing(settings.api_keys)  # hashed once, here

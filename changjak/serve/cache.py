@@ -38,6 +38,7 @@ from changjak.backends.inference import GenerationParams
 logger = logging.getLogger(__name__)
 HEADER = "x-changjak-cache"  # request: allow | skip; response: hit | miss | skip
 DETERMINISTIC_TOP_P = 1e-6
+_KEY_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # = json.dumps(..., same options), built once
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class ResponseCache:
             "params": {**vars(params), "stop": list(params.stop)},  # = asdict(params), at a tenth of its cost
             "messages": [[m.role, normalise(m.content), m.name] for m in messages],
         }
-        digest = hashlib.sha256(json.dumps(material, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(_KEY_JSON(material).encode()).hexdigest()
         return f"{self.prefix}:{digest}"
 
     async def get(self, key: str) -> Lookup:

@@ -99,6 +99,11 @@ class Lease:
     decision: dict[str, Any] = field(default_factory=dict)
     settled: bool = False
 
+    @property
+    def holds(self) -> bool:
+        """Whether settling has something to give back to the store (False for a hit: settling awaits nothing)."""
+        return self.store is not None and self.ask is not None and not self.settled
+
     async def settle(self, tokens: int) -> None:
         """Charge ``tokens`` and free the concurrency slot; later calls do nothing."""
         if self.settled:

@@ -24,6 +24,7 @@ from changjak.serve.context import RequestContext
 
 current: ContextVar[RequestContext | None] = ContextVar("changjak_request", default=None)
 _FIELDS = ("route", "status", "latency_ms")  # what the access line adds as `extra=`
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode  # = json.dumps(..., same options), built once
 
 
 def bind(ctx: RequestContext | None) -> Token:
@@ -58,7 +59,7 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _ENCODE(entry)
 
 
 class TextFormatter(logging.Formatter):

@@ -118,8 +118,7 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
         return _json(answer, headers)
     finally:
         if not handed_off:
-            with anyio.CancelScope(shield=True):  # a cancelled request still gives its slot back
-                await run.finish()
+            await run.finish_shielded()
 
 
 def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> GenerationParams:
@@ -163,6 +162,14 @@ class _Run:
             await self.lease.settle(used)
         except Exception:  # the lease lapses by itself (concurrency_lease_s); the answer stands
             logger.exception("could not settle the limits of request %s", self.ctx.request_id)
+
+    async def finish_shielded(self) -> None:
+        """``finish()``, which a cancelled request still completes: it gives its slot back."""
+        if not self.lease.holds:  # a hit, or no limits: finish() awaits nothing, so nothing can cut it short
+            await self.finish()
+            return
+        with anyio.CancelScope(shield=True):
+            await self.finish()
 
 
 class _ClosingStream(StreamingResponse):
