@@ -215,3 +215,21 @@ def test_verify_while_records_are_appended(engine) -> None:
     thread.join()
     assert results and all(r.ok for r in results), [r for r in results if not r.ok][:1]
     assert store.verify(engine).count == 3 + 40 * 3
+
+
+def test_remembered_decisions_clean_as_a_fresh_cleaner_does(make_settings) -> None:
+    mask = SafetyEngine.from_settings(make_settings()).mask_for_log
+
+    class Label(str):  # a str subclass: not remembered, cleaned every time
+        pass
+
+    trees = [{"cache": "hit", "limits": {"key": "cj_abc", "reserved": 0}, "safety": {"answer": [], "refused": False}},
+             {"n": 1}, {"n": 1.0}, {"n": True}, {"n": (1, 2)}, {"n": {2, 1}}, {"n": float("nan")},
+             {"note": f"call {PHONE}"}, {"note": Label(f"call {PHONE}")}, {1: "int key"}, {"1": "str key"}]
+    clean = store.Cleaner(mask)
+    for _ in range(2):  # computed, then remembered
+        for tree in trees:
+            raw = entry(decisions=tree)
+            assert store.clean_entry(raw, clean) == store.clean_entry(raw, store.Cleaner(mask))
+    assert json.loads(store.clean_entry(entry(decisions=trees[7]), clean)["decisions"]) == {"note": "call <전화번호>"}
+    assert len(clean.trees) == len(trees) - 1  # all but the str subclass's

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import marshal
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +84,7 @@ class Cleaner:
 
     def __init__(self, mask: Callable[[str], str], size: int = 8192) -> None:
         self.mask, self.size, self.seen = mask, size, {}
+        self.trees: dict[bytes, str] = {}  # marshal bytes of a decisions tree -> its cleaned canonical JSON
 
     def __call__(self, text: str) -> str:
         if (hit := self.seen.get(text)) is not None:
@@ -95,6 +97,25 @@ class Cleaner:
     def once(self, text: str) -> str:
         """For a string that will not come again (a request id): not remembered."""
         return self.seen.get(text) or escape(self.mask(text))
+
+    def canonical(self, value: Any, build: Callable[[Any], str]) -> str:
+        """``build(value)``, remembered for values made of builtin types only (most decisions repeat).
+
+        The key is ``marshal.dumps(value, 2)``: it takes exact dicts, lists, tuples, sets, strings, numbers,
+        bools and None (anything else, a subclass too, raises) and is lossless, so equal bytes mean an
+        equal value (1, 1.0 and True stay apart), whose cleaned form is then the same. Version 2 has no
+        back-references, whose use depends on reference counts: the same value gives the same bytes.
+        """
+        try:
+            key = marshal.dumps(value, 2)
+        except ValueError:  # another type somewhere: cleaned every time
+            return build(value)
+        if (hit := self.trees.get(key)) is not None:
+            return hit
+        if len(self.trees) >= self.size:
+            self.trees.clear()
+        self.trees[key] = clean = build(value)
+        return clean
 
 
 def clean_entry(entry: dict[str, Any], mask: Callable[[str], str]) -> dict[str, Any]:
@@ -122,7 +143,7 @@ def clean_entry(entry: dict[str, Any], mask: Callable[[str], str]) -> dict[str, 
     for name in HASHED[1:]:
         value = entry.get(name)
         if name == "decisions":
-            value = canonical(tree(value or {}))
+            value = text.canonical(value or {}, lambda v: canonical(tree(v)))
         elif name == "request_id":
             value = value if _OWN_ID.fullmatch(value) else text.once(value)[:_LIMITS[name]]
         elif isinstance(value, str):
