@@ -2,8 +2,10 @@
 
 A stream is server-sent events: a first delta with ``role: "assistant"``, one delta per piece of
 text, a last chunk with ``finish_reason``, a usage chunk when ``stream_options.include_usage``,
-then ``data: [DONE]``. Every chunk carries the same ``id`` and ``created``. If the backend fails
-mid-stream, an error event goes out before ``[DONE]``; if the client goes away, generation stops.
+then ``data: [DONE]``. Every chunk carries the same ``id`` and ``created``. The backend's first chunk
+is awaited before the response starts, so a backend that refuses the request (a full queue, an
+upstream's error) gets an HTTP error as a whole answer would; if it fails after that, an error event
+goes out before ``[DONE]``; if the client goes away, generation stops.
 
 Order per request: bounds (``protocol.check_bounds``), the response cache (``changjak.serve.cache``;
 header ``X-Changjak-Cache: hit|miss`` on the answer), the key's limits (``changjak.serve.limits``:
@@ -35,7 +37,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from changjak.backends.inference import GenerationParams
-from changjak.errors import BadRequest, ContentPolicyViolation, NotFound
+from changjak.errors import BackendError, BadRequest, ContentPolicyViolation, NotFound
 from changjak.safety.policy import ContentBlocked
 from changjak.serve import guard, retrieval
 from changjak.serve.auth import Principal
@@ -109,10 +111,15 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: Principal,
                                          media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
             return _json(_completion(head, content, "content_filter" if withheld else hit.finish_reason, hit), headers)
         if body.stream:
-            stream = _stream(served, chat, params, head, include_usage, run, cache, found, citations)
+            chunks, first = await _start(served, chat, params, run)  # a refusal is still an HTTP error here
+            stream = _stream(chunks, first, chat, head, include_usage, run, cache, found, citations)
+
+            async def close() -> None:  # the backend's generator too, should the stream never have started
+                await chunks.aclose()
+                await run.finish()
+
             handed_off = True
-            return _ClosingStream(stream, run.finish, media_type="text/event-stream",
-                                  headers={**_SSE_HEADERS, **headers})
+            return _ClosingStream(stream, close, media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
         answer = await _complete(served, chat, params, head, run, cache, found)
         answer.citations = citations
         return _json(answer, headers)
@@ -214,24 +221,46 @@ async def _complete(served: ServedModel, chat: GuardedChat, params: GenerationPa
     return _completion(head, content, "content_filter" if withheld else last.finish_reason, last)
 
 
-async def _stream(served: ServedModel, chat: GuardedChat, params: GenerationParams, head: dict[str, Any],
+async def _start(served: ServedModel, chat: GuardedChat, params: GenerationParams,
+                 run: _Run) -> tuple[AsyncIterator[Any], Any]:
+    """The backend's generator for a stream and its first chunk (None if it has none).
+
+    A backend refuses at submission (a full queue: 503 ``model_overloaded``; an upstream's 4xx/5xx) on
+    the first chunk, so asking for it before any byte is sent makes a refusal a real HTTP error.
+    """
+    chunks = served.backend.generate(chat.messages, params)
+    run.generating = True
+    try:
+        return chunks, await anext(chunks)
+    except StopAsyncIteration:
+        return chunks, None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()
+        raise
+
+
+async def _stream(chunks: AsyncIterator[Any], first: Any, chat: GuardedChat, head: dict[str, Any],
                   include_usage: bool, run: _Run, cache: ResponseCache, found: Lookup | None,
                   citations: list[Citation] | None = None) -> AsyncIterator[str]:
+    """The events of a stream whose first chunk (``first``, from :func:`_start`) has come."""
     def event(**fields: Any) -> str:
         return sse_event(ChatCompletionChunk(**head, **fields))
 
     yield event(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))], citations=citations)
     answer = chat.stream()
     sent: list[str] = []
-    run.generating = True
     try:
-        async with aclosing(served.backend.generate(chat.messages, params)) as chunks:
-            async for chunk in chunks:
+        async with aclosing(chunks):
+            chunk = last = first
+            while chunk is not None:
                 run.pieces += 1
                 if text := answer.feed(chunk.text):
                     sent.append(text)
                     yield event(choices=[ChunkChoice(delta=Delta(content=text))])
-                last = chunk
+                last, chunk = chunk, await anext(chunks, None)
+        if last is None:
+            raise BackendError("the backend ended the stream without a chunk")
         run.usage = _usage(last)
         if text := answer.finish():
             sent.append(text)

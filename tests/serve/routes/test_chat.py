@@ -10,13 +10,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from changjak.audit import store as audit_store
 from changjak.backends.inference.fake import FakeBackend
 from changjak.backends.inference.transformers import TransformersBackend
+from changjak.errors import ServiceUnavailable
 from changjak.serve.app import create_app
 from changjak.serve.errors import INTERNAL_ERROR
 from changjak.settings import SafetySettings, Settings
-from tests.serve.conftest import MAX_TOKENS_LIMIT, MODEL, StreamingASGITransport, serving
+from tests.serve.conftest import KEY, MAX_TOKENS_LIMIT, MODEL, StreamingASGITransport, serving
 
 pytestmark = pytest.mark.anyio
 POEM = "비 오는 날의 짧은 시를 써 줘 🌧️ — 「창작」"
@@ -138,6 +142,37 @@ async def test_a_backend_failing_mid_stream_sends_an_error_event_then_done(serve
     error = json.loads(events[-2])["error"]
     assert events[-1] == "[DONE]"
     assert error == {"message": INTERNAL_ERROR, "type": "server_error", "param": None, "code": None}
+
+
+class OverloadedBackend(FakeBackend):
+    """A backend whose queue is full: generate() refuses on its first chunk, as the real ones do."""
+
+    async def generate(self, messages, params):
+        self.seen = messages
+        raise ServiceUnavailable("The model is busy (8 requests waiting); retry shortly.", code="model_overloaded")
+        yield  # an async generator, like theirs
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_backend_refusing_at_submission_is_an_http_503_streamed_or_not(make_settings, stream) -> None:
+    settings = make_settings(api_keys=KEY, limits={"default_concurrency": 1})
+    backend = OverloadedBackend(MODEL)
+    app = create_app(settings, backend)
+    headers = {"Authorization": f"Bearer {KEY}", "X-Request-Id": f"r-busy-{stream}"}
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                                                    base_url="http://t", headers=headers) as http:
+        for _ in range(2):  # the one concurrency slot is given back each time
+            refused = await http.post("/v1/chat/completions", json=ask(stream=stream))
+            assert refused.status_code == 503 and backend.seen
+            assert refused.headers["content-type"] == "application/json"
+            assert refused.json() == {"error": {"message": "The model is busy (8 requests waiting); retry shortly.",
+                                                "type": "service_unavailable", "param": None,
+                                                "code": "model_overloaded"}}
+        records = audit_store.query(app.state.db, request_id=f"r-busy-{stream}")
+        metrics = generate_latest(app.state.metrics.registry).decode()
+    assert [(r["status"], r["outcome"]) for r in records] == [(503, "complete")] * 2
+    assert sum(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "changjak_requests_total" and s.labels["status"] == "503") == 2
 
 
 async def test_a_backend_failing_before_a_whole_reply_is_a_500_without_details(serve_settings) -> None:
