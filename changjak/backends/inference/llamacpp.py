@@ -135,6 +135,8 @@ class LlamaCppBackend:
             request.cancel()
 
     def _encode(self, messages: list[dict]) -> list[int]:
+        if self._closed:  # the model is freed: llama.cpp would read freed memory
+            raise BackendError("the llama.cpp backend is closed")
         llm = self.llm
         prompt = self._format(messages=messages).prompt
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)

@@ -12,6 +12,11 @@ prompt is spread over several steps instead of stalling every stream for its who
 CPU a decode step is bound by reading the weights, so eight sequences cost little more than one.
 Each sequence samples from its own row of logits with its own llama.cpp sampler chain (greedy, or
 temperature, top-p and a seeded draw), so batch neighbours never change a seeded reply's draws.
+
+A slot keeps its last prompt's KV cells when its request ends; a new request takes the free slot
+whose kept prompt shares the longest prefix with its own and prefills only the rest. Every
+gateway request starts with the same fenced system prompt, so that prefix (hundreds of tokens)
+is computed once per slot, not once per request.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ class Batcher:
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.piece = piece
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self.free_ids = list(range(slots))
+        self.free: dict[int, list[int]] = {i: [] for i in range(slots)}  # slot -> prompt tokens its KV holds
+        self.reused = 0  # prompt tokens served from a slot's kept prefix
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order: prefill goes first come first served
         self.decoded = 0  # tokens sampled, over every request
@@ -113,7 +119,7 @@ class Batcher:
                         self._wake.wait()
                     if self.closed:
                         return
-                    while self.waiting and self.free_ids:
+                    while self.waiting and self.free:
                         self._admit(self.waiting.popleft())
                 try:
                     self._step()
@@ -121,7 +127,7 @@ class Batcher:
                     logger.exception("llama.cpp decode step failed")
                     for request in list(self.running):
                         request.emit(e)
-                        self._release(request)
+                        self._release(request, failed=True)
         finally:
             with self._wake:
                 for request in self.running + list(self.waiting):
@@ -144,7 +150,10 @@ class Batcher:
             request.emit(GenerationChunk(finish_reason="length", prompt_tokens=len(request.prompt), completion_tokens=0))
             return
         lib, p = self.lib, request.params
-        request.seq_id = self.free_ids.pop()
+        request.seq_id, keep = self._slot_for(request.prompt)
+        lib.llama_memory_seq_rm(self.memory, request.seq_id, keep, -1)
+        request.fed = keep
+        self.reused += keep
         request.budget = min(p.max_tokens, self.n_ctx_seq - len(request.prompt))
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if p.temperature == 0:
@@ -157,6 +166,21 @@ class Batcher:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         request.sampler = chain
         self.running.append(request)
+
+    def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
+        """The free slot whose kept prompt shares the longest prefix with ``prompt``, and how many
+        of its tokens to keep (never the whole prompt: its last token must be fed for logits)."""
+        def common(kept: list[int]) -> int:
+            n = 0
+            for a, b in zip(kept, prompt, strict=False):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        slot = max(self.free, key=lambda i: common(self.free[i]))
+        keep = min(common(self.free.pop(slot)), len(prompt) - 1)
+        return slot, keep
 
     def _step(self) -> None:
         """Drop cancelled requests, then one llama_decode: a token for each running sequence and
@@ -223,13 +247,15 @@ class Batcher:
                                      completion_tokens=request.generated))
         self._release(request)
 
-    def _release(self, request: Request) -> None:
-        """Free ``request``'s KV cells, sampler and sequence id."""
+    def _release(self, request: Request, *, failed: bool = False) -> None:
+        """Free ``request``'s slot, keeping the KV cells of its prompt (what was fed of it) for the
+        next request that starts the same way; its reply's cells go. After a failed step nothing is kept."""
         if request in self.running:
             self.running.remove(request)
         if request.seq_id >= 0:
-            self.lib.llama_memory_seq_rm(self.memory, request.seq_id, -1, -1)
-            self.free_ids.append(request.seq_id)
+            kept = 0 if failed else request.fed
+            self.lib.llama_memory_seq_rm(self.memory, request.seq_id, kept, -1)
+            self.free[request.seq_id] = request.prompt[:kept]
             request.seq_id = -1
         if request.sampler is not None:
             self.lib.llama_sampler_free(request.sampler)

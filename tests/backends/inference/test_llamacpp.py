@@ -255,6 +255,29 @@ async def test_a_prompt_longer_than_a_step_is_prefilled_in_chunks_beside_a_runni
 
 
 @pytest.mark.anyio
+async def test_a_slot_keeps_its_prompt_so_a_shared_prefix_is_prefilled_once(tiny_gguf: Path) -> None:
+    system = {"role": "system", "content": "너는 한국어 소설가를 돕는 조수다. 이야기는 따뜻하고 자세하게 쓴다. " * 3}
+    asks = [[system, *ask(p)] for p in (PROMPTS[0], PROMPTS[3], PROMPTS[0], PROMPTS[6])]
+    fresh = []
+    for messages in asks:  # each on a backend that has seen nothing
+        backend = load(tiny_gguf, parallel=1)
+        try:
+            fresh.append(text_of(await collect(backend, messages, max_tokens=12, temperature=0)))
+        finally:
+            await backend.aclose()
+    backend = load(tiny_gguf, parallel=1)
+    try:
+        shared = len(backend._encode([system]))  # the system turn's tokens (and a little of the user's)
+        repeated = len(backend._encode(asks[2])) - 1  # the third prompt is the first again: all but its last token
+        replies = [text_of(await collect(backend, messages, max_tokens=12, temperature=0)) for messages in asks]
+        reused = backend.batcher.reused
+    finally:
+        await backend.aclose()
+    assert replies == fresh  # kept cells answer exactly as a fresh prefill does, prompt after prompt
+    assert reused >= 2 * (shared - 8) + repeated
+
+
+@pytest.mark.anyio
 async def test_seeded_sampling_in_a_batch_draws_as_it_does_alone(tiny_gguf: Path) -> None:
     backend = load(tiny_gguf, parallel=4)
     try:
