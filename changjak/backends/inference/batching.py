@@ -10,6 +10,13 @@ ones: those of similar prompt length are prefilled together, and their KV cache 
 into the batch's, left-padded to a common length, with a 2-D attention mask marking the padding
 and position ids counted per sequence (torch >= 2.5 gives fully masked padding rows zeros, not NaN). A batch mixes greedy and sampled requests (each with its
 own seeded generator) and, on a PEFT model, LoRA adapters (PEFT's ``adapter_names``).
+
+The scheduler keeps the KV cache of the last prompt it prefilled. A group whose prompts all start
+with at least ``MIN_REUSE`` of those tokens is prefilled from there on: the kept rows are copied
+into the group's cache, and the rest of each prompt is left-padded after them (the mask's holes
+sit between the kept prefix and the suffix; positions count real tokens only). Every gateway
+request starts with the same fenced system prompt, which is then computed once, not per request.
+A prefix is kept per adapter: a LoRA changes every layer's keys and values.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 END = object()  # put on a sequence's queue when the backend closes under it
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 _CONTEXT_TOKENS = 4  # prompt tokens decoded with the reply, so tokenizers that drop a leading space keep it
+MIN_REUSE = 16  # shared prompt tokens worth copying a kept prefix's cache for
 
 
 class Sequence:
@@ -79,6 +87,8 @@ class Scheduler:
         self.admitting = 0  # taken from the queue, not yet in the batch
         self.cache: Any = None
         self.mask: Any = None
+        self.kept: tuple[str | None, list[int], list[tuple[Any, Any]]] | None = None  # adapter, prompt, K/V per layer
+        self.reused = 0  # prompt tokens served from the kept prefix
         self.closed = False
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -129,7 +139,7 @@ class Scheduler:
                         for seq in {id(s): s for s in self.batch + admitted}.values():
                             if not seq.done:
                                 seq.emit(e)
-                        self.batch, self.cache, self.mask, self.admitting = [], None, None, 0
+                        self.batch, self.cache, self.mask, self.admitting, self.kept = [], None, None, 0, None
         finally:
             with self._wake:
                 self._end_all()
@@ -138,7 +148,7 @@ class Scheduler:
         for seq in self.batch + list(self.waiting):
             if not seq.done:
                 seq.emit(END)
-        self.batch, self.cache, self.mask, self.model = [], None, None, None
+        self.batch, self.cache, self.mask, self.model, self.kept = [], None, None, None, None
         self.waiting.clear()
 
     def _admit(self, group: list[Sequence]) -> None:
@@ -157,16 +167,42 @@ class Scheduler:
                 seq.generator.seed()
             else:
                 seq.generator.manual_seed(seq.params.seed)
-        n = max(len(s.prompt) for s in group)
+        keep = self._reusable(group)
+        n = max(len(s.prompt) for s in group) - keep
         pad = self.tokenizer.pad_token_id or 0  # any id: the mask hides it
-        ids = torch.tensor([[pad] * (n - len(s.prompt)) + s.prompt for s in group], device=self.device)
-        mask = torch.tensor([[0] * (n - len(s.prompt)) + [1] * len(s.prompt) for s in group], device=self.device)
+        ids = torch.tensor([[pad] * (n - len(s.prompt) + keep) + s.prompt[keep:] for s in group], device=self.device)
+        mask = torch.tensor([[1] * keep + [0] * (n - len(s.prompt) + keep) + [1] * (len(s.prompt) - keep)
+                             for s in group], device=self.device)
         cache = DynamicCache(config=self.config)
-        logits = self._forward(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), cache, [s.adapter for s in group])
+        if keep:
+            assert self.kept is not None
+            for layer, (k, v) in enumerate(self.kept[2]):
+                cache.update(k[:, :, :keep].expand(len(group), -1, -1, -1).contiguous(),
+                             v[:, :, :keep].expand(len(group), -1, -1, -1).contiguous(), layer)
+            self.reused += keep * len(group)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, keep:]
+        logits = self._forward(ids, mask, positions, cache, [s.adapter for s in group])
+        self._keep_prefix(group[-1], cache, mask)
         rows = [i for i, s in enumerate(group) if self._advance(s, pick(logits[i], s.params, s.generator))]
         if rows:
             mask = _select(cache, mask, rows, self.device)
             self._merge([group[i] for i in rows], cache, mask)
+
+    def _reusable(self, group: list[Sequence]) -> int:
+        """Prompt tokens every sequence of ``group`` shares with the kept prefix (0: below MIN_REUSE),
+        leaving each at least its last token to feed."""
+        if self.kept is None or any(s.adapter != self.kept[0] for s in group):
+            return 0
+        kept = self.kept[1]
+        shared = min(min(_common(kept, s.prompt), len(s.prompt) - 1) for s in group)
+        return shared if shared >= MIN_REUSE else 0
+
+    def _keep_prefix(self, seq: Sequence, cache: Any, mask: Any) -> None:
+        """Keep ``seq``'s prompt and its rows of the prefilled ``cache`` (the last row of the group)."""
+        columns = mask[-1].nonzero().squeeze(1)  # its real tokens: past the left padding and the holes
+        self.kept = (seq.adapter, list(seq.prompt),
+                     [(layer.keys[-1:, :, columns].clone(), layer.values[-1:, :, columns].clone())
+                      for layer in cache.layers])
 
     def _step(self) -> None:
         """Drop finished and cancelled sequences, then one batched forward: a token for each."""
@@ -258,6 +294,16 @@ def _select(cache: Any, mask: Any, rows: list[int], device: Any) -> Any:
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
     return mask[index, start:]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of ``a`` and ``b``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _prefill_groups(seqs: list[Sequence], waste: float = 0.25, slack: int = 32) -> list[list[Sequence]]:

@@ -431,3 +431,28 @@ def test_prefill_groups_keep_a_long_prompt_from_padding_the_short_ones() -> None
 
     groups = _prefill_groups([Seq(n) for n in (40, 300, 42, 45, 38)])
     assert [[len(s.prompt) for s in g] for g in groups] == [[38, 40, 42, 45], [300]]
+
+
+async def test_a_kept_prompt_prefix_is_reused_and_answers_as_a_fresh_prefill(tiny_model_dir: Path) -> None:
+    system = {"role": "system", "content": "너는 한국어 소설가를 돕는 조수다. 이야기는 따뜻하고 자세하게 쓴다. " * 3}
+    asks = [[system, *ask(p)] for p in (PROMPTS[0], PROMPTS[3], PROMPTS[0], PROMPTS[6])]
+
+    def load() -> TransformersBackend:
+        return TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="x")
+
+    async def reply(backend: TransformersBackend, messages: list[dict]) -> list[GenerationChunk]:
+        return [c async for c in backend.generate(messages, GenerationParams(max_tokens=10, temperature=0))]
+
+    fresh = []
+    for messages in asks:  # each on a backend that has kept nothing
+        backend = load()
+        fresh.append(await reply(backend, messages))
+        await backend.aclose()
+    backend = load()
+    shared = len(backend.encode([system]))
+    one_by_one = [await reply(backend, messages) for messages in asks]
+    assert backend.scheduler.reused >= 3 * (shared - 8)  # the system turn, computed once
+    together = await asyncio.gather(*(reply(backend, messages) for messages in asks))  # one group, one copy
+    await backend.aclose()
+    assert [(text_of(c), c[-1]) for c in one_by_one] == [(text_of(c), c[-1]) for c in fresh]
+    assert [(text_of(c), c[-1]) for c in together] == [(text_of(c), c[-1]) for c in fresh]
