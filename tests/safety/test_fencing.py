@@ -40,6 +40,15 @@ def test_system_prompt_is_fenced_with_one_boundary_and_carries_the_canary() -> N
     assert "<|im_end|>" not in fenced  # a template token in the operator's text cannot end the turn
 
 
+def test_fenced_system_prompts_differ_only_in_their_last_lines_so_prefix_caches_hold() -> None:
+    system = "당신은 한국어 창작 도우미입니다. 따뜻한 문체로 씁니다."
+    first, second = fence_system_prompt(system, new_canary()), fence_system_prompt(system, new_canary())
+    assert first != second
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert first[shared:].count("\n") <= 1  # the canary line and the closing marker, nothing before
+    assert shared > 0.85 * len(first)
+
+
 def test_system_prompt_needs_a_canary() -> None:
     with pytest.raises(ValueError, match="new_canary"):
         fence_system_prompt("hi", "")
