@@ -1,5 +1,5 @@
 """What the server needs from an inference engine: one Protocol, its two dataclasses, and the
-stop-string scanner shared by the backends that decode text themselves.
+stop-string scanner and request plumbing shared by the backends that decode text themselves.
 
 A backend streams a reply as text deltas and ends with one chunk that carries ``finish_reason``
 and the token counts::
@@ -12,9 +12,10 @@ Backends are built by name (see ``changjak.backends.inference.create``) through 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
@@ -88,3 +89,51 @@ class StopScanner:
             if buffer.endswith(stop[:n]):
                 return n
         return 0
+
+
+END = object()  # put on a request's queue when its backend closes under it
+
+
+class QueuedRequest:
+    """A request that a backend's decode thread serves: chunks (or an exception, or END) arrive on
+    ``queue`` from that thread; ``cancel()`` makes the thread drop it before its next step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.cancelled = self.done = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def emit(self, item: Any) -> None:
+        """From the decode thread: hand ``item`` to the waiting consumer."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is gone: nobody is listening
+            self.cancelled = True
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        """The chunks up to the final one; an exception from the thread is a BackendError, and
+        closing this iterator (a client gone) cancels the request."""
+        from changjak.errors import BackendError
+
+        try:
+            while (item := await self.queue.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise BackendError(f"generation failed: {item.__class__.__name__}: {item}") from item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.cancel()
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -28,41 +28,37 @@ import threading
 from collections import deque
 from typing import Any
 
-from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams, StopScanner
+from changjak.backends.inference.base import (
+    END,
+    FinishReason,
+    GenerationChunk,
+    GenerationParams,
+    QueuedRequest,
+    StopScanner,
+    common_prefix,
+)
 from changjak.backends.inference.decoding import IncrementalDecoder, pick
 from changjak.errors import BackendError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
-END = object()  # put on a sequence's queue when the backend closes under it
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 _CONTEXT_TOKENS = 4  # prompt tokens decoded with the reply, so tokenizers that drop a leading space keep it
 MIN_REUSE = 16  # shared prompt tokens worth copying a kept prefix's cache for
 
 
-class Sequence:
+class Sequence(QueuedRequest):
     """One request's state: its prompt, the decoding so far, and the queue its chunks go to."""
 
     def __init__(self, prompt: list[int], params: GenerationParams, *, adapter: str | None,
                  loop: asyncio.AbstractEventLoop, tokenizer: Any) -> None:
+        super().__init__(loop)
         self.prompt, self.params, self.adapter = prompt, params, adapter
-        self.loop = loop
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.decoder = IncrementalDecoder(tokenizer, context=prompt[-_CONTEXT_TOKENS:])
         self.scanner = StopScanner(params.stop)
         self.generator: Any = None  # made on the decode thread
         self.generated = 0  # completion tokens so far
         self.length = len(prompt)  # real tokens in the KV cache: the next token's position
         self.next_token = -1  # picked, not yet in the cache
-        self.cancelled = self.done = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def emit(self, item: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is gone: nobody is listening
-            self.cancelled = True
 
 
 class Scheduler:
@@ -194,7 +190,7 @@ class Scheduler:
         if self.kept is None or any(s.adapter != self.kept[0] for s in group):
             return 0
         kept = self.kept[1]
-        shared = min(min(_common(kept, s.prompt), len(s.prompt) - 1) for s in group)
+        shared = min(min(common_prefix(kept, s.prompt), len(s.prompt) - 1) for s in group)
         return shared if shared >= MIN_REUSE else 0
 
     def _keep_prefix(self, seq: Sequence, cache: Any, mask: Any) -> None:
@@ -294,16 +290,6 @@ def _select(cache: Any, mask: Any, rows: list[int], device: Any) -> Any:
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
     return mask[index, start:]
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of ``a`` and ``b``."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _prefill_groups(seqs: list[Sequence], waste: float = 0.25, slack: int = 32) -> list[list[Sequence]]:

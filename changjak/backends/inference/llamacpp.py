@@ -115,7 +115,7 @@ class LlamaCppBackend:
 
     async def generate(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[GenerationChunk]:
         """Stream the reply as the decode thread makes it; closing this iterator drops the request."""
-        from changjak.backends.inference.llamacpp_batching import END, Request
+        from changjak.backends.inference.llamacpp_batching import Request
 
         if self._closed:
             raise BackendError("the llama.cpp backend is closed")
@@ -124,15 +124,9 @@ class LlamaCppBackend:
                                hint="serve each exported version with its own backend")
         request = Request(self._encode(messages), params, loop=asyncio.get_running_loop(), text=_Utf8Text())
         self.batcher.submit(request)
-        try:
-            while (item := await request.queue.get()) is not END:
-                if isinstance(item, BaseException):
-                    raise BackendError(f"generation failed: {item}") from item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            request.cancel()
+        async with contextlib.aclosing(request.chunks()) as chunks:  # closed with this one: cancels
+            async for chunk in chunks:
+                yield chunk
 
     def _encode(self, messages: list[dict]) -> list[int]:
         if self._closed:  # the model is freed: llama.cpp would read freed memory

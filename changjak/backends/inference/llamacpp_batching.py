@@ -29,20 +29,27 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from changjak.backends.inference.base import FinishReason, GenerationChunk, GenerationParams, StopScanner
+from changjak.backends.inference.base import (
+    END,
+    FinishReason,
+    GenerationChunk,
+    GenerationParams,
+    QueuedRequest,
+    StopScanner,
+    common_prefix,
+)
 from changjak.errors import BackendError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
-END = object()  # put on a request's queue when the backend closes under it
 
 
-class Request:
+class Request(QueuedRequest):
     """One request's state: prompt, position in the KV cache, sampler, and the queue its chunks go to."""
 
     def __init__(self, prompt: list[int], params: GenerationParams, *, loop: asyncio.AbstractEventLoop,
                  text: Any) -> None:
-        self.prompt, self.params, self.loop = prompt, params, loop
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        super().__init__(loop)
+        self.prompt, self.params = prompt, params
         self.text = text  # turns token bytes into text that never ends inside a character
         self.scanner = StopScanner(params.stop)
         self.seq_id = -1
@@ -51,16 +58,6 @@ class Request:
         self.generated = 0
         self.next_token = -1  # sampled, not yet in the cache
         self.budget = params.max_tokens
-        self.cancelled = self.done = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def emit(self, item: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is gone: nobody is listening
-            self.cancelled = True
 
 
 class Batcher:
@@ -170,16 +167,8 @@ class Batcher:
     def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
         """The free slot whose kept prompt shares the longest prefix with ``prompt``, and how many
         of its tokens to keep (never the whole prompt: its last token must be fed for logits)."""
-        def common(kept: list[int]) -> int:
-            n = 0
-            for a, b in zip(kept, prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
-
-        slot = max(self.free, key=lambda i: common(self.free[i]))
-        keep = min(common(self.free.pop(slot)), len(prompt) - 1)
+        slot = max(self.free, key=lambda i: common_prefix(self.free[i], prompt))
+        keep = min(common_prefix(self.free.pop(slot), prompt), len(prompt) - 1)
         return slot, keep
 
     def _step(self) -> None:

@@ -14,6 +14,7 @@ cancellation are in :mod:`.batching`. ``quantization="int8"`` is torch's dynamic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import warnings
 from collections.abc import AsyncIterator, Mapping
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from changjak.backends.inference.base import GenerationChunk, GenerationParams
-from changjak.backends.inference.batching import END, Scheduler, Sequence
+from changjak.backends.inference.batching import Scheduler, Sequence
 from changjak.backends.inference.decoding import IncrementalDecoder
 from changjak.errors import BackendError
 
@@ -85,15 +86,9 @@ class TransformersBackend:
         seq = Sequence(self.encode(messages), params, adapter=params.adapter or self.default_adapter,
                        loop=asyncio.get_running_loop(), tokenizer=self.tokenizer)
         self.scheduler.submit(seq)
-        try:
-            while (item := await seq.queue.get()) is not END:
-                if isinstance(item, BaseException):
-                    raise BackendError(f"generation failed: {item.__class__.__name__}") from item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            seq.cancel()
+        async with contextlib.aclosing(seq.chunks()) as chunks:  # closed with this one: cancels
+            async for chunk in chunks:
+                yield chunk
 
     async def ready(self) -> bool:
         """Loaded and not closed (no probe generation: that would queue behind real requests)."""
