@@ -13,6 +13,8 @@ Backends are built by name (see ``changjak.backends.inference.create``) through 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -127,6 +129,61 @@ class QueuedRequest:
                     return
         finally:
             self.cancel()
+
+
+class DecodeLoop:
+    """The thread that owns a model and serves queued requests, started by the first submit.
+
+    Subclasses write ``_run`` (waiting on ``_wake`` for ``waiting`` to fill or ``closed``), say how
+    many requests are taken (``taken``) and what to free when closed before any thread started.
+    """
+
+    engine = "the backend"  # for errors: "the llama.cpp backend is closed"
+    thread_name = "changjak-decode"
+
+    def __init__(self, *, slots: int, max_queue: int) -> None:
+        self.slots, self.max_queue = slots, max_queue
+        self.waiting: deque[Any] = deque()
+        self.closed = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def taken(self) -> int:
+        """Requests off the queue and not finished (decoding or being admitted)."""
+        raise NotImplementedError
+
+    def submit(self, request: Any) -> None:
+        """Queue ``request`` for the next step; refuse when every slot and the queue are taken."""
+        from changjak.errors import BackendError, ServiceUnavailable
+
+        with self._wake:
+            if self.closed:
+                raise BackendError(f"{self.engine} is closed")
+            if len(self.waiting) + self.taken() >= self.slots + self.max_queue:
+                raise ServiceUnavailable(f"The model is busy ({len(self.waiting)} requests waiting); retry shortly.",
+                                         code="model_overloaded")
+            self.waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def close(self, *, join: bool = False) -> None:
+        """Stop after the running step (waiting and running requests get END); ``join``: wait for it."""
+        with self._wake:
+            self.closed = True
+            self._wake.notify()
+            thread = self._thread
+            if thread is None:
+                self._closed_idle()
+        if join and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _closed_idle(self) -> None:
+        """What to free when closed before any request started the thread."""
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

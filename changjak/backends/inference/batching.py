@@ -24,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import threading
-from collections import deque
 from typing import Any
 
 from changjak.backends.inference.base import (
     END,
+    DecodeLoop,
     FinishReason,
     GenerationChunk,
     GenerationParams,
@@ -38,7 +37,7 @@ from changjak.backends.inference.base import (
     common_prefix,
 )
 from changjak.backends.inference.decoding import IncrementalDecoder, pick
-from changjak.errors import BackendError, ServiceUnavailable
+from changjak.errors import BackendError
 
 logger = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -61,11 +60,14 @@ class Sequence(QueuedRequest):
         self.next_token = -1  # picked, not yet in the cache
 
 
-class Scheduler:
+class Scheduler(DecodeLoop):
+    engine = "the transformers backend"
+
     def __init__(self, model: Any, tokenizer: Any, eos_ids: set[int], *, max_batch_size: int = 8,
                  max_queue: int = 64) -> None:
         self.model, self.tokenizer, self.eos_ids = model, tokenizer, eos_ids
-        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        super().__init__(slots=max_batch_size, max_queue=max_queue)
+        self.max_batch_size = max_batch_size
         self.peft = hasattr(model, "peft_config")
         base = model.get_base_model() if self.peft else model
         self.config = base.config
@@ -78,38 +80,18 @@ class Scheduler:
         self.keep_logits = "logits_to_keep" in params
         self.device = next(model.parameters()).device
         self.decoded = 0  # tokens picked, over every sequence (cancelled ones too)
-        self.waiting: deque[Sequence] = deque()
         self.batch: list[Sequence] = []  # row i of the cache and mask is batch[i]
         self.admitting = 0  # taken from the queue, not yet in the batch
         self.cache: Any = None
         self.mask: Any = None
         self.kept: tuple[str | None, list[int], list[tuple[Any, Any]]] | None = None  # adapter, prompt, K/V per layer
         self.reused = 0  # prompt tokens served from the kept prefix
-        self.closed = False
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
 
-    def submit(self, seq: Sequence) -> None:
-        """Queue ``seq`` for the next admission; refuse when the batch and the queue are full."""
-        with self._wake:
-            if self.closed:
-                raise BackendError("the transformers backend is closed")
-            if len(self.waiting) + self.admitting + len(self.batch) >= self.max_batch_size + self.max_queue:
-                raise ServiceUnavailable(f"The model is busy ({len(self.waiting)} requests waiting); retry shortly.",
-                                         code="model_overloaded")
-            self.waiting.append(seq)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="changjak-decode", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+    def taken(self) -> int:
+        return self.admitting + len(self.batch)
 
-    def close(self) -> None:
-        """Stop after the running step; waiting and running sequences get END."""
-        with self._wake:
-            self.closed = True
-            self._wake.notify()
-            if self._thread is None:
-                self._end_all()
+    def _closed_idle(self) -> None:
+        self._end_all()
 
     def _run(self) -> None:
         import torch

@@ -150,7 +150,7 @@ class LlamaCppBackend:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self.batcher.close)
+        await asyncio.to_thread(self.batcher.close, join=True)
         self.llm.close()
 
 

@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from changjak.backends.inference.base import (
     END,
+    DecodeLoop,
     FinishReason,
     GenerationChunk,
     GenerationParams,
@@ -38,7 +37,7 @@ from changjak.backends.inference.base import (
     StopScanner,
     common_prefix,
 )
-from changjak.errors import BackendError, ServiceUnavailable
+from changjak.errors import BackendError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,10 @@ class Request(QueuedRequest):
         self.budget = params.max_tokens
 
 
-class Batcher:
+class Batcher(DecodeLoop):
+    engine = "the llama.cpp backend"
+    thread_name = "changjak-llamacpp"
+
     def __init__(self, llm: Any, *, slots: int, n_ctx_seq: int, max_queue: int,
                  piece: Callable[[int], bytes]) -> None:
         import llama_cpp
@@ -68,45 +70,23 @@ class Batcher:
         self.llm, self.lib = llm, llama_cpp
         self.ctx, self.vocab = llm._ctx.ctx, llm._model.vocab
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        self.slots, self.n_ctx_seq, self.max_queue = slots, n_ctx_seq, max_queue
+        super().__init__(slots=slots, max_queue=max_queue)
+        self.n_ctx_seq = n_ctx_seq
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.piece = piece
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.free: dict[int, list[int]] = {i: [] for i in range(slots)}  # slot -> prompt tokens its KV holds
         self.reused = 0  # prompt tokens served from a slot's kept prefix
-        self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order: prefill goes first come first served
         self.decoded = 0  # tokens sampled, over every request
         self.steps = 0  # llama_decode calls
-        self.closed = False
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
         llama_cpp.llama_memory_clear(self.memory, True)
 
-    def submit(self, request: Request) -> None:
-        """Queue ``request`` for the next step; refuse when every slot and the queue are taken."""
-        with self._wake:
-            if self.closed:
-                raise BackendError("the llama.cpp backend is closed")
-            if len(self.waiting) + len(self.running) >= self.slots + self.max_queue:
-                raise ServiceUnavailable(f"The model is busy ({len(self.waiting)} requests waiting); retry shortly.",
-                                         code="model_overloaded")
-            self.waiting.append(request)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="changjak-llamacpp", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+    def taken(self) -> int:
+        return len(self.running)
 
-    def close(self) -> None:
-        """Stop after the running step; waiting and running requests get END."""
-        with self._wake:
-            self.closed = True
-            self._wake.notify()
-            thread = self._thread
-        if thread is None:
-            self._free()
-        elif thread is not threading.current_thread():
-            thread.join()
+    def _closed_idle(self) -> None:
+        self._free()
 
     def _run(self) -> None:
         try:

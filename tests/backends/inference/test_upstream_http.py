@@ -87,17 +87,12 @@ async def test_closing_the_stream_closes_the_connection_and_cancels_upstream(sta
     await backend.aclose()
 
 
-async def test_error_status_and_mid_stream_failure_are_backend_errors() -> None:
-    url, server, task = await serve(create_standin(status=503))
+@pytest.mark.parametrize(("standin", "error"), [({"status": 503}, "answered 503: stand-in refuses"),
+                                                ({"fail_after": 2}, "failed mid-stream")])
+async def test_error_status_and_mid_stream_failure_are_backend_errors(standin: dict, error: str) -> None:
+    url, server, task = await serve(create_standin(**standin))
     backend = OpenAIUpstreamBackend(url, model_id="m")
-    with pytest.raises(BackendError, match="answered 503: stand-in refuses"):
-        await collect(backend)
-    server.should_exit = True
-    await task
-    await backend.aclose()
-    url, server, task = await serve(create_standin(fail_after=2))
-    backend = OpenAIUpstreamBackend(url, model_id="m")
-    with pytest.raises(BackendError, match="failed mid-stream"):
+    with pytest.raises(BackendError, match=error):
         await collect(backend)
     server.should_exit = True
     await task
