@@ -15,8 +15,10 @@ temperature, top-p and a seeded draw), so batch neighbours never change a seeded
 
 A slot keeps its last prompt's KV cells when its request ends; a new request takes the free slot
 whose kept prompt shares the longest prefix with its own and prefills only the rest. Every
-gateway request starts with the same fenced system prompt, so that prefix (hundreds of tokens)
-is computed once per slot, not once per request.
+gateway request starts with the same fenced system prompt (hundreds of tokens), so when another
+sequence, running or free, holds a longer shared prefix than the slot taken, its KV cells are
+copied over (``llama_memory_seq_cp``) instead: that prefix is computed once per context, not once
+per slot or per request, and eight requests arriving together prefill only their own parts.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from changjak.backends.inference.base import (
 from changjak.errors import BackendError
 
 logger = logging.getLogger(__name__)
+COPY_MIN = 32  # prompt tokens another sequence must share beyond the slot's own before its KV is copied
 
 
 class Request(QueuedRequest):
@@ -77,6 +80,7 @@ class Batcher(DecodeLoop):
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.free: dict[int, list[int]] = {i: [] for i in range(slots)}  # slot -> prompt tokens its KV holds
         self.reused = 0  # prompt tokens served from a slot's kept prefix
+        self.copied = 0  # prefixes copied from another sequence's KV
         self.running: list[Request] = []  # in admission order: prefill goes first come first served
         self.decoded = 0  # tokens sampled, over every request
         self.steps = 0  # llama_decode calls
@@ -145,11 +149,28 @@ class Batcher(DecodeLoop):
         self.running.append(request)
 
     def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
-        """The free slot whose kept prompt shares the longest prefix with ``prompt``, and how many
-        of its tokens to keep (never the whole prompt: its last token must be fed for logits)."""
-        slot = max(self.free, key=lambda i: common_prefix(self.free[i], prompt))
-        keep = min(common_prefix(self.free.pop(slot), prompt), len(prompt) - 1)
-        return slot, keep
+        """A free slot for ``prompt`` and how many of its leading tokens that slot's KV holds.
+
+        The free slot whose kept prompt shares the longest prefix is taken. When another sequence,
+        free or running, shares at least ``COPY_MIN`` more (the fenced system prompt every request
+        starts with, say), its KV is copied into the free slot that keeps the least, so only the rest
+        is prefilled: a copy of one sequence's cells costs milliseconds, a prefill of 200 tokens a
+        second or more on a CPU. Never the whole prompt: its last token must be fed for logits.
+        """
+        limit = len(prompt) - 1
+        own = {i: common_prefix(kept, prompt) for i, kept in self.free.items()}
+        slot = max(own, key=own.__getitem__)
+        keep = own[slot]
+        sources = [(n, i) for i, n in own.items()]
+        sources += [(common_prefix(r.prompt[:r.fed], prompt), r.seq_id) for r in self.running]
+        best, source = max(sources)
+        if min(best, limit) - min(keep, limit) >= COPY_MIN:
+            slot = min((i for i in own if i != source), key=lambda i: len(self.free[i]))
+            self.lib.llama_memory_seq_cp(self.memory, source, slot, -1, -1)  # whole stream, applied before the next decode
+            self.copied += 1
+            keep = best
+        del self.free[slot]
+        return slot, min(keep, limit)
 
     def _step(self) -> None:
         """Drop cancelled requests, then one llama_decode: a token for each running sequence and

@@ -278,6 +278,37 @@ async def test_a_slot_keeps_its_prompt_so_a_shared_prefix_is_prefilled_once(tiny
 
 
 @pytest.mark.anyio
+async def test_a_shared_prefix_is_copied_from_another_sequence_not_prefilled_again(tiny_gguf: Path) -> None:
+    system = {"role": "system", "content": "너는 한국어 소설가를 돕는 조수다. 이야기는 따뜻하고 자세하게 쓴다. " * 3}
+    asks = [[system, *ask(p)] for p in PROMPTS[:5]]
+    fresh = []
+    for messages in asks:
+        backend = load(tiny_gguf, parallel=1)
+        try:
+            fresh.append(text_of(await collect(backend, messages, max_tokens=12, temperature=0)))
+        finally:
+            await backend.aclose()
+    backend = load(tiny_gguf, parallel=4)
+    try:
+        shared = len(backend._encode([system]))
+        assert shared > 32 + 8
+        # copied from a sequence that is decoding: its reply's cells past the prefix must not come along
+        running = backend.generate(asks[0], GenerationParams(max_tokens=30, temperature=0))
+        head = [await anext(running) for _ in range(4)]
+        joined = text_of(await collect(backend, asks[4], max_tokens=12, temperature=0))
+        rest = [c async for c in running]
+        assert backend.batcher.copied == 1
+        # three at once: two take the slots that kept the prefix, the third copies it into an empty one
+        together = await asyncio.gather(*(collect(backend, m, max_tokens=12, temperature=0) for m in asks[1:4]))
+        copied, reused = backend.batcher.copied, backend.batcher.reused
+    finally:
+        await backend.aclose()
+    assert list(map(text_of, together)) == fresh[1:4]
+    assert copied == 2 and reused >= 4 * (shared - 8)
+    assert joined == fresh[4] and text_of(head + rest).startswith(fresh[0])
+
+
+@pytest.mark.anyio
 async def test_seeded_sampling_in_a_batch_draws_as_it_does_alone(tiny_gguf: Path) -> None:
     backend = load(tiny_gguf, parallel=4)
     try:
