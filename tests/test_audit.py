@@ -233,3 +233,73 @@ def test_remembered_decisions_clean_as_a_fresh_cleaner_does(make_settings) -> No
             assert store.clean_entry(raw, clean) == store.clean_entry(raw, store.Cleaner(mask))
     assert json.loads(store.clean_entry(entry(decisions=trees[7]), clean)["decisions"]) == {"note": "call <전화번호>"}
     assert len(clean.trees) == len(trees) - 1  # all but the str subclass's
+
+
+def test_appenders_of_two_engines_keep_one_linear_chain(settings) -> None:
+    """The audit writer's own connection (store.Appender) takes the same chain lock as store.append."""
+    engines = [db.connect(settings), db.connect(settings)]
+    errors: list[BaseException] = []
+
+    def work(engine, worker: int) -> None:
+        appender = store.Appender(engine)
+        try:
+            for i in range(15):
+                seqs = appender([store.clean_entry(entry(worker * 100 + i), str) for _ in range(2)])
+                assert seqs[1] == seqs[0] + 1
+                if worker % 3 == 0:  # the old path and the new one, side by side
+                    store.append(engine, [store.clean_entry(entry(worker * 100 + i), str)])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            appender.close()
+
+    threads = [threading.Thread(target=work, args=(engines[w % 2], w)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    result = store.verify(engines[0])
+    assert (result.ok, result.count) == (True, 6 * 15 * 2 + 2 * 15)
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_a_held_sqlite_lock_never_blocks_the_event_loop(make_settings) -> None:
+    """Small batches go into SQLite on the loop; when another process holds the write lock, the
+    batch waits in the writer's thread while the loop keeps running, and lands once it is free."""
+    import asyncio
+    import sqlite3
+
+    from changjak.audit.middleware import AuditWriter
+
+    settings = make_settings()
+    engine = db.connect(settings)
+    writer = AuditWriter(engine, str)
+    await writer.start()
+    try:
+        assert await writer.write(entry(1)) == 1  # on the loop
+        other = sqlite3.connect(engine.url.database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        pending = asyncio.ensure_future(writer.write(entry(2)))
+        gaps, last = [], time.perf_counter()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        assert not pending.done()
+        assert max(gaps) < 0.2  # the loop went on: the wait is the thread's
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(pending, 10) == 2
+        writer._appender._driver.close()  # the connection breaks under the writer
+        with pytest.raises(Exception):  # noqa: B017, PT011 - that batch fails, as the writer reports it
+            await writer.write(entry(3))
+        assert await writer.write(entry(4)) == 3  # the next one opens a new connection
+    finally:
+        await writer.aclose()
+    result = store.verify(engine)
+    assert (result.ok, result.count) == (True, 3)
+    engine.dispose()

@@ -13,8 +13,11 @@ recorded when it ends (``outcome`` says which). If the record cannot be written 
 is not sent: the answer stays incomplete rather than unaudited.
 
 :class:`AuditWriter` is group commit: one task takes every record waiting, appends them in one
-transaction in a worker thread (masking included, off the event loop), and wakes their requests.
-Under load a transaction carries hundreds of records, so the database does one commit for all.
+transaction (masking included), and wakes their requests. Under load a transaction carries
+hundreds of records, so the database does one commit for all. A large batch, or any batch for
+PostgreSQL, is appended in a worker thread; a small one for the embedded SQLite file on the event
+loop itself, which costs less than the hand-off (measured on cache hits: 1.9 -> 1.2 ms a request
+at one client), unless another process holds the write lock for more than 2 ms.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from changjak.serve.context import RequestContext, context_of
 
 logger = logging.getLogger(__name__)
 SKIP_ROUTES = ("/healthz", "/readyz", "/metrics")
+INLINE_MAX = 16  # records a batch may hold to be appended on the event loop (SQLite only)
+INLINE_WAIT_MS = 2  # how long the loop waits for SQLite's write lock before handing the batch to the thread
 SSE_DONE = b"data: [DONE]\n\n"  # an SDK has the whole answer once it reads this, before the body ends
 
 
@@ -41,6 +46,7 @@ class AuditWriter:
 
     def __init__(self, engine: Engine, mask: Callable[[str], str], *, max_batch: int = 1000) -> None:
         self.engine, self.clean, self.max_batch = engine, store.Cleaner(mask), max_batch
+        self._appender = store.Appender(engine)  # used by the writer's one thread only
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int] | None]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,9 +90,11 @@ class AuditWriter:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                entries = [entry for entry, _ in batch]
                 try:
-                    seqs = await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._append, [entry for entry, _ in batch])
+                    seqs = self._append_inline(entries) if len(entries) <= INLINE_MAX else None
+                    if seqs is None:
+                        seqs = await asyncio.get_running_loop().run_in_executor(self._thread, self._append, entries)
                 except Exception:
                     logger.exception("could not write %d audit records", len(batch))
                     _settle(batch, None)
@@ -97,7 +105,19 @@ class AuditWriter:
                 return
 
     def _append(self, entries: list[dict[str, Any]]) -> list[int]:
-        return store.append(self.engine, [store.clean_entry(entry, self.clean) for entry in entries])
+        return self._appender([store.clean_entry(entry, self.clean) for entry in entries])
+
+    def _append_inline(self, entries: list[dict[str, Any]]) -> list[int] | None:
+        """A few records into a local SQLite file on the event loop itself, or None: not here, or the
+        lock is taken (the thread then waits for it). Handing a batch to the thread and back costs the
+        loop more than the append's ~0.1 ms; a large batch goes to the thread, where SQLite's own work
+        runs beside the loop."""
+        if not self._appender.local:
+            return None
+        try:
+            return self._appender([store.clean_entry(entry, self.clean) for entry in entries], wait_ms=INLINE_WAIT_MS)
+        except store.Busy:
+            return None
 
     async def aclose(self) -> None:
         """Write what is still waiting, then stop."""
@@ -107,6 +127,7 @@ class AuditWriter:
         self._wake.set()
         await self._task
         self._task = None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._appender.close)
         self._thread.shutdown()
 
 

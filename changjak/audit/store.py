@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import marshal
 import math
 import re
@@ -32,6 +33,8 @@ from sqlalchemy import BigInteger, Column, Double, Index, Integer, String, Table
 from sqlalchemy.engine import Connection, Engine
 
 from changjak.db import metadata
+
+logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64  # prev_hash of the first record
 records = Table(
@@ -172,19 +175,101 @@ def append(engine: Engine, rows: Sequence[dict[str, Any]]) -> list[int]:
     sql = _driver_sql(engine.dialect.name, engine.dialect.paramstyle)
     with engine.begin() as conn:
         seq, prev = _lock_head(conn) if sql is None else _lock_head_fast(conn, sql)
-        stored = []
-        for row in rows:
-            seq += 1
-            full = {**row, "seq": seq, "prev_hash": prev}
-            full["hash"] = prev = digest(prev, full)
-            stored.append(full)
+        stored = _chained(rows, seq, prev)
         if sql is None:
             conn.execute(records.insert(), stored)
-            conn.execute(chain.update().where(chain.c.id == 1).values(seq=seq, hash=prev))
+            conn.execute(chain.update().where(chain.c.id == 1).values(seq=stored[-1]["seq"], hash=stored[-1]["hash"]))
         else:  # plain driver statements: SQLAlchemy's per-statement build cost ~0.7 ms a batch
             conn.exec_driver_sql(sql["insert"], [tuple(r[c] for c in _COLUMNS) for r in stored])
-            conn.exec_driver_sql(sql["advance"], (seq, prev))
+            conn.exec_driver_sql(sql["advance"], (stored[-1]["seq"], stored[-1]["hash"]))
     return [row["seq"] for row in stored]
+
+
+def _chained(rows: Sequence[dict[str, Any]], seq: int, prev: str) -> list[dict[str, Any]]:
+    """``rows`` numbered after ``seq`` and hash-chained after ``prev``."""
+    stored = []
+    for row in rows:
+        seq += 1
+        full = {**row, "seq": seq, "prev_hash": prev}
+        full["hash"] = prev = digest(prev, full)
+        stored.append(full)
+    return stored
+
+
+class Busy(Exception):
+    """Another writer held SQLite's write lock longer than the append would wait."""
+
+
+class Appender:
+    """:func:`append` over one database connection of its own, for the audit writer's single thread.
+
+    On SQLite and PostgreSQL it runs the same statements, in one transaction under the same chain
+    lock, straight on the driver's connection: SQLAlchemy's pool checkout and reset, transaction
+    objects and statement wrapping cost ~0.3 ms of CPU a batch (measured on SQLite: 0.42 ms a
+    one-record batch through them, 0.12 ms without), and the event loop waits for that GIL time.
+    A batch that fails is rolled back and its connection dropped: the next batch opens a new one.
+    Other databases go through :func:`append`. Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sql = _driver_sql(engine.dialect.name, engine.dialect.paramstyle)
+        self._pooled: Any = None  # SQLAlchemy's proxy, given back to the pool on close()
+        self._driver: Any = None  # the DB-API connection under it
+
+    @property
+    def local(self) -> bool:
+        """Whether the database is a local file (SQLite): an append is then ~0.1 ms of CPU, no network."""
+        return self.engine.dialect.name == "sqlite" and self.sql is not None
+
+    def __call__(self, rows: Sequence[dict[str, Any]], *, wait_ms: int = 30_000) -> list[int]:
+        """Append ``rows``; on SQLite, :class:`Busy` if another writer holds the lock past ``wait_ms``."""
+        if not rows:
+            return []
+        if self.sql is None:
+            return append(self.engine, rows)
+        if self._driver is None:
+            self._pooled = self.engine.raw_connection()
+            self._driver = self._pooled.driver_connection
+            self._wait_ms = None
+        sql, conn = self.sql, self._driver
+        try:
+            cursor = conn.cursor()
+            if sql["begin"]:  # SQLite
+                if wait_ms != self._wait_ms:
+                    cursor.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+                    self._wait_ms = wait_ms
+                try:
+                    cursor.execute(sql["begin"])
+                except Exception as e:
+                    if getattr(e, "sqlite_errorcode", None) == 5:  # SQLITE_BUSY: nothing begun, nothing lost
+                        raise Busy from e
+                    raise
+            cursor.execute(sql["ensure"], (GENESIS,))
+            cursor.execute(sql["head"])
+            seq, prev = cursor.fetchone()
+            stored = _chained(rows, int(seq), prev)
+            cursor.executemany(sql["insert"], [tuple(r[c] for c in _COLUMNS) for r in stored])
+            cursor.execute(sql["advance"], (stored[-1]["seq"], stored[-1]["hash"]))
+            conn.commit()
+        except Busy:  # nothing begun: the connection is fine
+            raise
+        except BaseException:
+            self.close(failed=True)
+            raise
+        return [row["seq"] for row in stored]
+
+    def close(self, *, failed: bool = False) -> None:
+        pooled, self._pooled, self._driver = self._pooled, None, None
+        if pooled is None:
+            return
+        try:
+            if failed:
+                pooled.invalidate()  # rolled back and never handed out again
+            else:
+                pooled.close()
+        except Exception:  # noqa: BLE001 - a connection that is already gone
+            logger.debug("closing the audit connection failed", exc_info=True)
 
 
 _COLUMNS = tuple(c.name for c in records.columns)
@@ -202,6 +287,8 @@ def _driver_sql(dialect: str, paramstyle: str) -> dict[str, str] | None:
         "head": f"SELECT seq, hash FROM audit_chain WHERE id = 1{lock}",
         "insert": f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})",
         "advance": f"UPDATE audit_chain SET seq = {mark}, hash = {mark} WHERE id = 1",
+        # a transaction by hand (Appender): SQLite's write lock up front; psycopg begins one by itself
+        "begin": "BEGIN IMMEDIATE" if dialect == "sqlite" else "",
     }
 
 
