@@ -196,6 +196,9 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--smoke", action="store_true", help="tiny run: do not write benchmarks/results/")
     parser.add_argument("--runs", type=int, default=3, help="runs per target and level; the median run is kept")
+    parser.add_argument("--redis", metavar="URL", help="changjak's limits and cache in this Redis (shared by its "
+                        "workers, as --workers N needs for one limit per key)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"default {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     console = Console(width=140)
@@ -203,7 +206,7 @@ def main() -> None:
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "platform": platform.platform()},
                      "requests_per_run": args.requests, "workers": args.workers, "runs_per_point": args.runs,
-                     "runs": []}
+                     "redis": bool(args.redis), "runs": []}
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="changjak-bench-") as tmp:
         work = Path(tmp)
@@ -216,7 +219,11 @@ def main() -> None:
             wait_for(f"{upstream}/models", standin)
 
             env = _our_settings(work / ".changjak", upstream, args.workers)
+            if args.redis:
+                env |= {"CHANGJAK_REDIS_URL": args.redis, "CHANGJAK_REDIS_PREFIX": f"bench{os.getpid()}"}
             key, key_kind = managed_key(env)
+            if args.redis:
+                key_kind += " (counted in Redis), cache in Redis"
             ours_port = free_port()
             ours = start([sys.executable, "-m", "changjak", "serve", "--backend", "openai", "--port", str(ours_port)],
                          env)
@@ -258,9 +265,9 @@ def main() -> None:
     results["summary"] = summarise(results["runs"])
     show(console, results)
     if not args.smoke:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {RESULTS.relative_to(ROOT)}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {args.out}")
 
 
 def scrape(url: str) -> dict[str, float]:
