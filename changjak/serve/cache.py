@@ -93,10 +93,11 @@ class ResponseCache:
     def key(self, tenant: str | None, model_id: str, model_version: str | None, prompt_version: str | None,
             params: GenerationParams, messages: Sequence[Any]) -> str:
         """The store key for one request: a hash, nothing readable."""
+        sampling = {**vars(params), "stop": list(params.stop)}  # = asdict(params), at a tenth of its cost
+        del sampling["whole"]  # how the answer travels: a stream and a whole answer share entries
         material = {
             "tenant": tenant, "model": model_id, "version": model_version, "prompt": prompt_version,
-            "params": {**vars(params), "stop": list(params.stop)},  # = asdict(params), at a tenth of its cost
-            "messages": [[m.role, normalise(m.content), m.name] for m in messages],
+            "params": sampling, "messages": [[m.role, normalise(m.content), m.name] for m in messages],
         }
         digest = hashlib.sha256(_KEY_JSON(material).encode()).hexdigest()
         return f"{self.prefix}:{digest}"

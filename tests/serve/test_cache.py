@@ -266,7 +266,11 @@ def test_keys_are_those_of_earlier_releases() -> None:
     cache = ResponseCache(MemoryCache(), ttl_s=60)
     params = GenerationParams(max_tokens=7, temperature=0.0, stop=["끝"], seed=3)
     messages = [ChatMessage(role="user", content=" 비 내리는 골목 ")]
-    material = {"tenant": "acme", "model": MODEL, "version": "4", "prompt": None, "params": asdict(params),
+    sampling = asdict(params)
+    del sampling["whole"]  # added later, and how the answer travels: never part of the key
+    material = {"tenant": "acme", "model": MODEL, "version": "4", "prompt": None, "params": sampling,
                 "messages": [["user", "비 내리는 골목", None]]}
     expected = hashlib.sha256(json.dumps(material, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
     assert cache.key("acme", MODEL, "4", None, params, messages) == f"changjak:resp:{expected}"
+    whole = GenerationParams(max_tokens=7, temperature=0.0, stop=["끝"], seed=3, whole=True)
+    assert cache.key("acme", MODEL, "4", None, whole, messages) == f"changjak:resp:{expected}"  # streamed or not

@@ -30,6 +30,9 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)  # never part of the returned text
     seed: int | None = None  # same seed, same sampled reply (on the same backend and device)
     adapter: str | None = None  # a LoRA adapter the backend loaded by this name; None: its default
+    # the caller uses the reply only once it is complete (a non-streamed answer): a backend may then
+    # send it in one piece (the openai upstream: one non-streamed request instead of an event stream)
+    whole: bool = False
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> Gen
     return GenerationParams(max_tokens=max_tokens,
                             temperature=1.0 if body.temperature is None else body.temperature,
                             top_p=1.0 if body.top_p is None else body.top_p,
-                            stop=list(body.stop or []), seed=body.seed)
+                            stop=list(body.stop or []), seed=body.seed, whole=not body.stream)
 
 
 @dataclass

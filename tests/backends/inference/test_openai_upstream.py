@@ -4,6 +4,7 @@ streaming transport where a client hanging up must reach the server)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from changjak.backends.inference.openai_upstream import OpenAIUpstreamBackend
 from changjak.errors import BackendError
 from tests.backends.inference.contract import BackendContract
 from tests.backends.inference.standin import create_standin
+from tests.backends.inference.test_upstream_http import serve
 from tests.serve.conftest import StreamingASGITransport
 
 pytestmark = pytest.mark.anyio
@@ -162,3 +164,51 @@ async def test_hanging_up_on_the_gateway_cancels_the_upstream_generation(serve_s
             break
         await asyncio.sleep(0.01)
     assert len(events) == 3 and standin.state.cancelled == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fast", [True, False], ids=["own-client", "httpx"])
+async def test_a_whole_answer_is_one_non_streamed_request(fast: bool) -> None:
+    app = create_standin(reply="바다는 조용했고 별은 멀었다")
+    seen: list[dict] = []
+
+    async def recording(scope, receive, send):  # what the upstream was sent
+        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+            return await app(scope, receive, send)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append(json.loads(body))
+        replayed = [{"type": "http.request", "body": body}]
+
+        async def replay():  # the body again, for the stand-in, then whatever the client does
+            return replayed.pop() if replayed else await receive()
+
+        return await app(scope, replay, send)
+
+    server = task = None
+    if fast:  # the keep-alive client, against a real server on a port
+        url, server, task = await serve(recording)
+        backend = OpenAIUpstreamBackend(url, model_id="changjak-writer")
+        assert backend.fast is not None
+    else:
+        backend = upstream(recording)
+    try:
+        whole = [c async for c in backend.generate(ASK, GenerationParams(max_tokens=64, whole=True))]
+        streamed = [c async for c in backend.generate(ASK, GenerationParams(max_tokens=64))]
+        cut = [c async for c in backend.generate(ASK, GenerationParams(max_tokens=3, whole=True))]
+    finally:
+        await backend.aclose()
+        if server is not None:
+            server.should_exit = True
+            await task
+    assert "stream" not in seen[0] and seen[1]["stream"] is True
+    assert [c.text for c in whole[:-1]] == ["바다는 조용했고 별은 멀었다"]
+    assert "".join(c.text for c in streamed) == "바다는 조용했고 별은 멀었다"
+    last = whole[-1]
+    assert (last.finish_reason, last.completion_tokens) == ("stop", streamed[-1].completion_tokens)
+    assert last.prompt_tokens == streamed[-1].prompt_tokens > 0
+    assert cut[-1].finish_reason == "length"
