@@ -128,27 +128,37 @@ def test_strings_are_masked_and_kept_on_one_line(engine, settings) -> None:
     assert store.verify(engine).ok
 
 
-def test_concurrent_writers_on_two_engines_keep_one_linear_chain(settings) -> None:
+def six_writers_on_two_engines(settings, work) -> store.Verification:
+    """``work(engine, worker)`` in six threads sharing two engines; the chain's verification after."""
     engines = [db.connect(settings), db.connect(settings)]
     errors: list[BaseException] = []
 
-    def work(engine, worker: int) -> None:
+    def guarded(engine, worker: int) -> None:
         try:
-            for i in range(15):
-                store.append(engine, [store.clean_entry(entry(worker * 100 + i), str) for _ in range(2)])
+            work(engine, worker)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(engines[w % 2], w)) for w in range(6)]
+    threads = [threading.Thread(target=guarded, args=(engines[w % 2], w)) for w in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
-    result = store.verify(engines[0])
+    try:
+        assert not errors
+        return store.verify(engines[0])
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_concurrent_writers_on_two_engines_keep_one_linear_chain(settings) -> None:
+    def work(engine, worker: int) -> None:
+        for i in range(15):
+            store.append(engine, [store.clean_entry(entry(worker * 100 + i), str) for _ in range(2)])
+
+    result = six_writers_on_two_engines(settings, work)
     assert (result.ok, result.count) == (True, 6 * 15 * 2)
-    for engine in engines:
-        engine.dispose()
 
 
 def test_query_filters_and_pages(engine) -> None:
@@ -237,9 +247,6 @@ def test_remembered_decisions_clean_as_a_fresh_cleaner_does(make_settings) -> No
 
 def test_appenders_of_two_engines_keep_one_linear_chain(settings) -> None:
     """The audit writer's own connection (store.Appender) takes the same chain lock as store.append."""
-    engines = [db.connect(settings), db.connect(settings)]
-    errors: list[BaseException] = []
-
     def work(engine, worker: int) -> None:
         appender = store.Appender(engine)
         try:
@@ -248,21 +255,11 @@ def test_appenders_of_two_engines_keep_one_linear_chain(settings) -> None:
                 assert seqs[1] == seqs[0] + 1
                 if worker % 3 == 0:  # the old path and the new one, side by side
                     store.append(engine, [store.clean_entry(entry(worker * 100 + i), str)])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
         finally:
             appender.close()
 
-    threads = [threading.Thread(target=work, args=(engines[w % 2], w)) for w in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    result = store.verify(engines[0])
+    result = six_writers_on_two_engines(settings, work)
     assert (result.ok, result.count) == (True, 6 * 15 * 2 + 2 * 15)
-    for engine in engines:
-        engine.dispose()
 
 
 @pytest.mark.anyio

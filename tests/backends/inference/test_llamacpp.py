@@ -254,17 +254,26 @@ async def test_a_prompt_longer_than_a_step_is_prefilled_in_chunks_beside_a_runni
     assert backend.batcher.steps >= prompt_tokens / 16
 
 
-@pytest.mark.anyio
-async def test_a_slot_keeps_its_prompt_so_a_shared_prefix_is_prefilled_once(tiny_gguf: Path) -> None:
-    system = {"role": "system", "content": "너는 한국어 소설가를 돕는 조수다. 이야기는 따뜻하고 자세하게 쓴다. " * 3}
-    asks = [[system, *ask(p)] for p in (PROMPTS[0], PROMPTS[3], PROMPTS[0], PROMPTS[6])]
-    fresh = []
-    for messages in asks:  # each on a backend that has seen nothing
+SYSTEM = {"role": "system", "content": "너는 한국어 소설가를 돕는 조수다. 이야기는 따뜻하고 자세하게 쓴다. " * 3}
+
+
+async def fresh_replies(tiny_gguf: Path, asks: list[list[dict]]) -> list[str]:
+    """Each greedy reply on a backend that has seen nothing: what any reuse of KV cells must equal."""
+    replies = []
+    for messages in asks:
         backend = load(tiny_gguf, parallel=1)
         try:
-            fresh.append(text_of(await collect(backend, messages, max_tokens=12, temperature=0)))
+            replies.append(text_of(await collect(backend, messages, max_tokens=12, temperature=0)))
         finally:
             await backend.aclose()
+    return replies
+
+
+@pytest.mark.anyio
+async def test_a_slot_keeps_its_prompt_so_a_shared_prefix_is_prefilled_once(tiny_gguf: Path) -> None:
+    system = SYSTEM
+    asks = [[system, *ask(p)] for p in (PROMPTS[0], PROMPTS[3], PROMPTS[0], PROMPTS[6])]
+    fresh = await fresh_replies(tiny_gguf, asks)
     backend = load(tiny_gguf, parallel=1)
     try:
         shared = len(backend._encode([system]))  # the system turn's tokens (and a little of the user's)
@@ -279,15 +288,9 @@ async def test_a_slot_keeps_its_prompt_so_a_shared_prefix_is_prefilled_once(tiny
 
 @pytest.mark.anyio
 async def test_a_shared_prefix_is_copied_from_another_sequence_not_prefilled_again(tiny_gguf: Path) -> None:
-    system = {"role": "system", "content": "너는 한국어 소설가를 돕는 조수다. 이야기는 따뜻하고 자세하게 쓴다. " * 3}
+    system = SYSTEM
     asks = [[system, *ask(p)] for p in PROMPTS[:5]]
-    fresh = []
-    for messages in asks:
-        backend = load(tiny_gguf, parallel=1)
-        try:
-            fresh.append(text_of(await collect(backend, messages, max_tokens=12, temperature=0)))
-        finally:
-            await backend.aclose()
+    fresh = await fresh_replies(tiny_gguf, asks)
     backend = load(tiny_gguf, parallel=4)
     try:
         shared = len(backend._encode([system]))
