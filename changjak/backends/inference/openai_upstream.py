@@ -8,8 +8,8 @@ Each generation is one streamed ``POST {upstream_url}/chat/completions`` with ``
 is sent as the model name: vLLM serves each LoRA under its own name). Its ``finish_reason`` and
 ``usage`` come back on the last chunk. A generation for a whole (non-streamed) answer
 (``params.whole``) is one non-streamed request instead, as LiteLLM sends it: the gateway then
-parses one JSON body, not an event per token (measured: ~0.9 of the ~1.9 ms of gateway CPU a
-short uncached request cost went to reading the event stream). Closing the reply's iterator closes the HTTP stream, and
+parses one JSON body, not an event per token (measured with ``benchmarks/gateway_profile.py``:
+1.9-2.0 -> 1.35-1.4 ms of gateway CPU for a short uncached request). Closing the reply's iterator closes the HTTP stream, and
 an OpenAI-compatible server stops generating when its client goes (vLLM aborts the request).
 Upstream errors, timeouts and refused connections become :class:`~changjak.errors.BackendError`.
 
