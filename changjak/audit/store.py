@@ -216,6 +216,7 @@ class Appender:
         self.sql = _driver_sql(engine.dialect.name, engine.dialect.paramstyle)
         self._pooled: Any = None  # SQLAlchemy's proxy, given back to the pool on close()
         self._driver: Any = None  # the DB-API connection under it
+        self._wait_ms: int | None = None  # the busy timeout set on it (SQLite)
 
     @property
     def local(self) -> bool:
@@ -231,7 +232,6 @@ class Appender:
         if self._driver is None:
             self._pooled = self.engine.raw_connection()
             self._driver = self._pooled.driver_connection
-            self._wait_ms = None
         sql, conn = self.sql, self._driver
         try:
             cursor = conn.cursor()
@@ -260,7 +260,7 @@ class Appender:
         return [row["seq"] for row in stored]
 
     def close(self, *, failed: bool = False) -> None:
-        pooled, self._pooled, self._driver = self._pooled, None, None
+        pooled, self._pooled, self._driver, self._wait_ms = self._pooled, None, None, None
         if pooled is None:
             return
         try:

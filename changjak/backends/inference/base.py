@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class QueuedRequest:
             self.cancel()
 
 
-class DecodeLoop:
+class DecodeLoop(ABC):
     """The thread that owns a model and serves queued requests, started by the first submit.
 
     Subclasses write ``_run`` (waiting on ``_wake`` for ``waiting`` to fill or ``closed``), say how
@@ -151,9 +152,9 @@ class DecodeLoop:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
+    @abstractmethod
     def taken(self) -> int:
         """Requests off the queue and not finished (decoding or being admitted)."""
-        raise NotImplementedError
 
     def submit(self, request: Any) -> None:
         """Queue ``request`` for the next step; refuse when every slot and the queue are taken."""
@@ -182,11 +183,13 @@ class DecodeLoop:
         if join and thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    @abstractmethod
     def _closed_idle(self) -> None:
         """What to free when closed before any request started the thread."""
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The decode thread: admit from ``waiting``, step, until ``closed``."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

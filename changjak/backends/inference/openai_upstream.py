@@ -9,8 +9,8 @@ is sent as the model name: vLLM serves each LoRA under its own name). Its ``fini
 ``usage`` come back on the last chunk. A generation for a whole (non-streamed) answer
 (``params.whole``) is one non-streamed request instead, as LiteLLM sends it: the gateway then
 parses one JSON body, not an event per token (measured with ``benchmarks/gateway_profile.py``:
-1.9-2.0 -> 1.35-1.4 ms of gateway CPU for a short uncached request). Closing the reply's iterator closes the HTTP stream, and
-an OpenAI-compatible server stops generating when its client goes (vLLM aborts the request).
+1.9-2.0 -> 1.35-1.4 ms of gateway CPU for a short uncached request). Closing the reply's
+iterator closes the HTTP stream, and an OpenAI-compatible server stops generating when its client goes (vLLM aborts the request).
 Upstream errors, timeouts and refused connections become :class:`~changjak.errors.BackendError`.
 
 A plain ``http://`` upstream with no proxy in the environment is streamed with the lighter
@@ -86,33 +86,28 @@ class OpenAIUpstreamBackend:
                                            hint="load it there first (vLLM: --lora-modules NAME=PATH)")
                     raise BackendError(f"the upstream server answered {status}: {message}")
                 if params.whole:  # one JSON answer: no event per token to parse, time and pass on
-                    answer = json.loads(await read_whole())
-                    if not isinstance(answer, dict) or "error" in answer:
-                        raise BackendError(f"the upstream server failed: {_message(answer if isinstance(answer, dict) else {})}")
-                    choice = (answer.get("choices") or [{}])[0]
-                    text = (choice.get("message") or {}).get("content") or ""
+                    text, finish, usage = _whole_answer(json.loads(await read_whole()))
                     if text:
                         pieces += 1
                         yield GenerationChunk(text)
-                    finish, usage = choice.get("finish_reason"), answer.get("usage") or {}
-                    lines = _nothing()
-                done = False
-                async for line in lines:
-                    if done or not line.startswith("data:"):
-                        continue  # after [DONE]: read to the end, so the connection is kept for the next
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        continue
-                    event = json.loads(data)
-                    if "error" in event:
-                        raise BackendError(f"the upstream server failed mid-stream: {_message(event)}")
-                    for choice in event.get("choices") or ():
-                        if text := (choice.get("delta") or {}).get("content"):
-                            pieces += 1
-                            yield GenerationChunk(text)
-                        finish = choice.get("finish_reason") or finish
-                    usage = event.get("usage") or usage
+                else:  # events, one per piece of text
+                    done = False
+                    async for line in lines:
+                        if done or not line.startswith("data:"):
+                            continue  # after [DONE]: read to the end, so the connection is kept for the next
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            done = True
+                            continue
+                        event = json.loads(data)
+                        if "error" in event:
+                            raise BackendError(f"the upstream server failed mid-stream: {_message(event)}")
+                        for choice in event.get("choices") or ():
+                            if text := (choice.get("delta") or {}).get("content"):
+                                pieces += 1
+                                yield GenerationChunk(text)
+                            finish = choice.get("finish_reason") or finish
+                        usage = event.get("usage") or usage
         except (httpx.HTTPError, UpstreamError) as e:
             kind = e.kind if isinstance(e, UpstreamError) else e.__class__.__name__
             raise BackendError(f"the upstream server is not answering ({kind})",
@@ -155,9 +150,12 @@ class OpenAIUpstreamBackend:
         await self.client.aclose()
 
 
-async def _nothing() -> AsyncIterator[str]:
-    return
-    yield  # an async generator with no items
+def _whole_answer(answer: Any) -> tuple[str, str | None, dict[str, Any]]:
+    """(text, finish_reason, usage) of a non-streamed chat completion."""
+    if not isinstance(answer, dict) or "error" in answer:
+        raise BackendError(f"the upstream server failed: {_message(answer if isinstance(answer, dict) else {})}")
+    choice = (answer.get("choices") or [{}])[0]
+    return (choice.get("message") or {}).get("content") or "", choice.get("finish_reason"), answer.get("usage") or {}
 
 
 def _plain_http_without_proxy(base_url: str) -> bool:
