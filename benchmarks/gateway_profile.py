@@ -88,7 +88,7 @@ async def drive_uvicorn(settings, app, key: str, runs: list[tuple[str, int, int,
             proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, args, cwd=ROOT,
                                                         stdout=subprocess.PIPE)
             await asyncio.sleep(0.3)  # the client's interpreter starts and connects (its warm-up is not counted)
-            cpu, loop_cpu = time.process_time(), time.thread_time()
+            cpu, loop_cpu, sys_cpu = time.process_time(), time.thread_time(), os.times().system
             if profiler:
                 profiler.enable()
             stdout, _ = await proc.communicate()
@@ -96,7 +96,8 @@ async def drive_uvicorn(settings, app, key: str, runs: list[tuple[str, int, int,
                 profiler.disable()
             cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
             result = json.loads(stdout)
-            out.append(_row(path, concurrency, result["requests"], result["errors"], cpu, loop_cpu, profiler))
+            out.append(_row(path, concurrency, result["requests"], result["errors"], cpu, loop_cpu, profiler,
+                            os.times().system - sys_cpu) | {"rps": result["rps"]})
     finally:
         server.should_exit = True
         await task
@@ -179,11 +180,14 @@ class _Lifespan:
         await self.task
 
 
-def _row(path: str, concurrency: int, requests: int, errors: int, cpu: float, loop_cpu: float, profiler) -> dict:
-    """``cpu_ms_per_request``: every thread; ``loop_ms_per_request``: the event loop's thread alone."""
+def _row(path: str, concurrency: int, requests: int, errors: int, cpu: float, loop_cpu: float, profiler,
+         sys_cpu: float | None = None) -> dict:
+    """``cpu_ms_per_request``: every thread; ``loop_ms_per_request``: the event loop's thread alone;
+    ``sys_ms_per_request``: the kernel's part of the first (system calls: sockets, epoll, file writes)."""
     per = 1000 / max(requests, 1)
     row = {"path": path, "concurrency": concurrency, "requests": requests, "errors": errors,
            "cpu_ms_per_request": round(cpu * per, 3), "loop_ms_per_request": round(loop_cpu * per, 3),
+           "sys_ms_per_request": None if sys_cpu is None else round(sys_cpu * per, 3),
            "profiled": profiler is not None}
     if profiler is not None:
         row["profiler"] = profiler
@@ -230,6 +234,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also a cProfile'd run per point; print its top")
     parser.add_argument("--top", type=int, default=30, help="functions shown per profile")
     parser.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime ...)")
+    parser.add_argument("--callers", metavar="NAME", help="also who calls the functions matching NAME (a regex)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     runs: list[tuple[str, int, int, bool]] = []
@@ -267,7 +272,9 @@ def main() -> None:
     for (path, concurrency, profiled), got in points.items():
         summary = {"path": path, "concurrency": concurrency, "requests": got[0]["requests"],
                    "errors": sum(r["errors"] for r in got)}
-        for name in ("cpu_ms_per_request", "loop_ms_per_request"):
+        for name in ("cpu_ms_per_request", "loop_ms_per_request", "sys_ms_per_request", "rps"):
+            if got[0].get(name) is None:
+                continue
             values = sorted(r[name] for r in got)
             summary[name] = [values[0], values[len(values) // 2]]
         if profiled:
@@ -275,7 +282,10 @@ def main() -> None:
         print(json.dumps(summary), file=sys.__stdout__)
         if (profiler := got[0].get("profiler")) is not None:
             text = io.StringIO()
-            pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(args.sort).print_stats(args.top)
+            stats = pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(args.sort)
+            stats.print_stats(args.top)
+            if args.callers:
+                stats.print_callers(args.callers)
             print(text.getvalue(), file=sys.__stdout__)
 
 
