@@ -300,3 +300,35 @@ async def test_a_held_sqlite_lock_never_blocks_the_event_loop(make_settings) -> 
     result = store.verify(engine)
     assert (result.ok, result.count) == (True, 3)
     engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_the_audit_log_is_checkpointed_off_the_event_loop(make_settings, monkeypatch) -> None:
+    """On a SQLite file no audit commit copies the write-ahead log back itself (it then waits for two
+    fsyncs, and every request on the loop with it): the writer's thread does, between batches, and
+    the log stays bounded. Closed, the connection checkpoints as SQLite does again."""
+    import os
+
+    from changjak.audit.middleware import AuditWriter
+
+    monkeypatch.setattr(store.Appender, "CHECKPOINT_EVERY", 20)
+    engine = db.connect(make_settings())
+    writer = AuditWriter(engine, str)
+    await writer.start()
+    wal = engine.url.database + "-wal"
+    try:
+        sizes = []
+        for i in range(400):  # one record a commit: ~4 pages of log each
+            assert await writer.write(entry(i)) == i + 1
+            sizes.append(os.path.getsize(wal))
+        driver = writer._appender._driver
+        assert driver.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        assert writer._appender.checkpointed_at >= 400 - 20
+    finally:
+        await writer.aclose()
+    # 400 commits leave ~6.5 MB of log unless it is checkpointed, and started over, every 20
+    assert max(sizes) < 1_000_000, max(sizes)
+    assert driver.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # handed back as it was
+    result = store.verify(engine)
+    assert (result.ok, result.count) == (True, 400)
+    engine.dispose()

@@ -17,7 +17,10 @@ transaction (masking included), and wakes their requests. Under load a transacti
 hundreds of records, so the database does one commit for all. A large batch, or any batch for
 PostgreSQL, is appended in a worker thread; a small one for the embedded SQLite file on the event
 loop itself, which costs less than the hand-off (measured on cache hits: 1.9 -> 1.0 ms a request
-at one client), unless another process holds the write lock for more than 2 ms.
+at one client), unless another process holds the write lock for more than 2 ms. No commit on the
+loop copies SQLite's write-ahead log back into the file (SQLite's default, which waits for two
+fsyncs with every request in flight: 17 ms stalls, ``benchmarks/audit_append.py``); the writer's
+thread checkpoints it between batches (``store.Appender.checkpoint``) while answers go out.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class AuditWriter:
 
     def __init__(self, engine: Engine, mask: Callable[[str], str], *, max_batch: int = 1000) -> None:
         self.engine, self.clean, self.max_batch = engine, store.Cleaner(mask), max_batch
-        self._appender = store.Appender(engine)  # by the loop or the writer's thread, never both at once
+        # by the loop or the writer's thread, never both at once; it checkpoints a SQLite file's log when told:
+        self._appender = store.Appender(engine, own_checkpoints=True)
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int] | None]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -101,8 +105,16 @@ class AuditWriter:
                 else:
                     self.batches += 1
                     _settle(batch, seqs)
+                    if self._appender.checkpoint_due:  # answers go out meanwhile; new records wait for it
+                        await self._checkpoint()
             if self._closing:
                 return
+
+    async def _checkpoint(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._appender.checkpoint)
+        except Exception as error:  # noqa: BLE001 - the next one tries again
+            logger.warning("could not checkpoint the audit log: %s", error)
 
     def _append(self, entries: list[dict[str, Any]]) -> list[int]:
         return self._appender([store.clean_entry(entry, self.clean) for entry in entries])

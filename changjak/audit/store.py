@@ -211,12 +211,21 @@ class Appender:
     Other databases go through :func:`append`. Not thread-safe: one caller at a time.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    CHECKPOINT_EVERY = 250  # commits (~4 pages of log each at one record): about SQLite's own 1,000 pages
+    RESTART_PAGES = 4_000  # log frames (~16 MB) past which a checkpoint waits for other processes' writers
+
+    def __init__(self, engine: Engine, *, own_checkpoints: bool = False) -> None:
         self.engine = engine
         self.sql = _driver_sql(engine.dialect.name, engine.dialect.paramstyle)
+        database = engine.url.database or ""
+        self.own_checkpoints = (own_checkpoints and self.local  # see checkpoint(): a file's log only
+                                and database not in ("", ":memory:") and "mode=memory" not in str(engine.url))
         self._pooled: Any = None  # SQLAlchemy's proxy, given back to the pool on close()
         self._driver: Any = None  # the DB-API connection under it
         self._wait_ms: int | None = None  # the busy timeout set on it (SQLite)
+        self.commits = 0  # transactions committed
+        self.checkpointed_at = 0  # ``commits`` at the last checkpoint
+        self.log_pages = 0  # frames in the log at the last checkpoint
 
     @property
     def local(self) -> bool:
@@ -229,10 +238,7 @@ class Appender:
             return []
         if self.sql is None:
             return append(self.engine, rows)
-        if self._driver is None:
-            self._pooled = self.engine.raw_connection()
-            self._driver = self._pooled.driver_connection
-        sql, conn = self.sql, self._driver
+        sql, conn = self.sql, self._connection()
         try:
             cursor = conn.cursor()
             if sql["begin"]:  # SQLite
@@ -252,6 +258,7 @@ class Appender:
             cursor.executemany(sql["insert"], [tuple(r[c] for c in _COLUMNS) for r in stored])
             cursor.execute(sql["advance"], (stored[-1]["seq"], stored[-1]["hash"]))
             conn.commit()
+            self.commits += 1
         except Busy:  # nothing begun: the connection is fine
             raise
         except BaseException:
@@ -259,7 +266,51 @@ class Appender:
             raise
         return [row["seq"] for row in stored]
 
+    def _connection(self) -> Any:
+        if self._driver is None:
+            self._pooled = self.engine.raw_connection()
+            self._driver = self._pooled.driver_connection
+            if self.own_checkpoints:  # a commit never copies the log back (and waits for fsync) itself
+                self._driver.execute("PRAGMA wal_autocheckpoint=0")
+        return self._driver
+
+    @property
+    def checkpoint_due(self) -> bool:
+        return self.own_checkpoints and self.commits - self.checkpointed_at >= self.CHECKPOINT_EVERY
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy SQLite's write-ahead log back into the database file: (busy, log frames, frames copied).
+
+        SQLite does this itself in the commit that takes the log past 1,000 pages, and that commit
+        then waits for two fsyncs. An audit commit may run on the event loop, which would wait with
+        it, and every request in flight too (measured on one-record commits here: 130-150 µs of wall
+        time on average against 80-90 µs of CPU). With ``own_checkpoints`` the connection never does
+        that in a commit; the audit writer calls this instead, in its thread, with no append of its
+        own in between, so the log is copied whole and the next commit starts it from the top. Should
+        other processes' commits keep it from ever being whole (the log past ``RESTART_PAGES``), the
+        checkpoint waits for their writers (``RESTART``).
+        """
+        conn = self._connection()
+        mode = "RESTART" if self.log_pages > self.RESTART_PAGES else "PASSIVE"
+        try:
+            if mode == "RESTART" and self._wait_ms != 30_000:
+                conn.execute("PRAGMA busy_timeout=30000")
+                self._wait_ms = 30_000
+            busy, self.log_pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except BaseException:
+            self.close(failed=True)
+            raise
+        self.checkpointed_at = self.commits
+        return busy, self.log_pages, copied
+
     def close(self, *, failed: bool = False) -> None:
+        driver = self._driver
+        if self.own_checkpoints and driver is not None and not failed:
+            try:  # the log into the file, and the pool's next user checkpoints as SQLite does
+                driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                driver.execute("PRAGMA wal_autocheckpoint=1000")
+            except Exception:  # noqa: BLE001 - then it is dropped, not handed back
+                failed = True
         pooled, self._pooled, self._driver, self._wait_ms = self._pooled, None, None, None
         if pooled is None:
             return
