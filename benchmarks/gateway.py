@@ -10,7 +10,9 @@ openai`` in front of it; and ``litellm --config`` in front of it (from the separ
 ``.venv-litellm``: ``python3.11 -m venv .venv-litellm && .venv-litellm/bin/pip install
 'litellm[proxy]'``, so its pins never touch ours). Both gateways run ``--workers`` processes.
 Added latency is a gateway's p50/p95 minus the direct call's at the same concurrency; requests/s
-is completed requests over wall time. A last run sends a deterministic request (``temperature:
+is completed requests over wall time. The ``--runs`` at one concurrency go round by round (every
+target once, then again), so a shared VM that speeds up or slows down for minutes at a time moves
+every target's median alike, not just the one that ran then; the run kept is the median by req/s. A last run sends a deterministic request (``temperature:
 0``) that changjak answers from its response cache.
 
 Features on, compared like with like: changjak with a managed key (per-key rpm/tpm/concurrency
@@ -250,11 +252,13 @@ def main() -> None:
             targets.append(("changjak cache hit", targets[1][1], targets[1][2], {**body, "temperature": 0}))
 
             for concurrency in levels:
-                for name, url, headers, payload in targets:
-                    tries = [asyncio.run(load(url, headers, payload, args.requests, concurrency))
-                             for _ in range(args.runs)]
-                    run = sorted(tries, key=lambda r: r["rps"])[len(tries) // 2]  # the median run by req/s
-                    run["rps_runs"] = [r["rps"] for r in tries]
+                tries: dict[str, list[dict]] = {name: [] for name, *_ in targets}
+                for _ in range(args.runs):  # round by round: a VM whose speed drifts for minutes slows all alike
+                    for name, url, headers, payload in targets:
+                        tries[name].append(asyncio.run(load(url, headers, payload, args.requests, concurrency)))
+                for name, got in tries.items():
+                    run = sorted(got, key=lambda r: r["rps"])[len(got) // 2]  # the median run by req/s
+                    run["rps_runs"] = [r["rps"] for r in got]
                     results["runs"].append({"target": name, "concurrency": concurrency, **run})
                     console.print(f"{name:>20} c={concurrency:<4} {run}")
             results["changjak_metrics"] = scrape(f"http://127.0.0.1:{ours_port}/metrics")
