@@ -164,6 +164,13 @@ class SafetyEngine:
             self._policies[tenant] = Policy(profile, actions, frozenset(reversible))
         return self._policies[tenant]
 
+    def warm_up(self) -> None:
+        """Run every surface's checks once on a harmless text, so what they build on first use (the
+        injection cues' regexes: ~0.2-0.4 s here, the recognisers) is built now, not in a user's request."""
+        text = "비 오는 골목에서 편지를 발견했다. A letter in the rain."
+        for surface in SURFACES:
+            self.check(text, surface=surface)
+
     def check(self, text: str, *, surface: str, tenant: str | None = None, canary: str | None = None,
               vault: pii.PiiVault | None = None) -> Verdict:
         """Every check of ``surface`` on ``text``; ``text`` comes back masked/sanitised as the policy says.

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from changjak import __version__, db
@@ -26,7 +27,7 @@ from changjak.monitor.metrics import Metrics, mark_process_dead
 from changjak.monitor.middleware import ObservabilityMiddleware
 from changjak.safety.policy import SafetyEngine
 from changjak.serve import errors, follow, openapi
-from changjak.serve.auth import KeyRing
+from changjak.serve.auth import KeyRing, all_routes
 from changjak.serve.cache import ResponseCache
 from changjak.serve.context import ContextMiddleware
 from changjak.serve.deps import ServedModel
@@ -67,6 +68,11 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None, *,
         app.state.cache = ResponseCache.from_settings(settings, redis_client)
         app.state.db = await asyncio.to_thread(db.connect, settings)  # the app database: audit, feedback
         app.state.audit = await AuditWriter.open(app.state.db, app.state.safety, settings.audit)
+        # what is otherwise built in the first request (~0.4 s here), built before the server is ready:
+        await asyncio.to_thread(app.state.safety.warm_up)  # the checks' regexes and recognisers
+        all_routes(app)  # FastAPI includes routers' routes lazily, on the first walk of them
+        with anyio.CancelScope():  # anyio imports its asyncio backend on first use (~30 ms)
+            pass
         try:
             async with follow.following(app):  # alias moves reach this replica without a restart
                 yield

@@ -83,3 +83,13 @@ async def test_a_given_backend_is_left_open_for_its_owner(app, fake) -> None:
     async with serving(app):
         assert app.state.served.fingerprint is None
     assert not fake.closed
+
+
+async def test_the_safety_checks_are_built_before_the_first_request(app) -> None:
+    """What the checks build on first use (the injection cues' regexes) is built at start-up, so the
+    first request after a deploy is not the one that pays ~0.3 s for it."""
+    from changjak.safety import injection
+
+    injection._compiled.cache_clear()
+    async with serving(app):
+        assert injection._compiled.cache_info().currsize == 1  # no request has been made
