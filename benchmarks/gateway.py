@@ -12,8 +12,9 @@ openai`` in front of it; and ``litellm --config`` in front of it (from the separ
 Added latency is a gateway's p50/p95 minus the direct call's at the same concurrency; requests/s
 is completed requests over wall time. The ``--runs`` at one concurrency go round by round (every
 target once, then again), so a shared VM that speeds up or slows down for minutes at a time moves
-every target's median alike, not just the one that ran then; the run kept is the median by req/s. A last run sends a deterministic request (``temperature:
-0``) that changjak answers from its response cache.
+every target's median alike, not just the one that ran then; the run kept is the median by req/s.
+The last target of each round sends a deterministic request (``temperature: 0``) that changjak
+answers from its response cache.
 
 Features on, compared like with like: changjak with a managed key (per-key rpm/tpm/concurrency
 limits), the audit trail, metrics, the safety policy and, last run, the cache (whatever of these

@@ -96,8 +96,8 @@ async def drive_uvicorn(settings, app, key: str, runs: list[tuple[str, int, int,
                 profiler.disable()
             cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
             result = json.loads(stdout)
-            out.append(_row(path, concurrency, result["requests"], result["errors"], cpu, loop_cpu, profiler,
-                            os.times().system - sys_cpu) | {"rps": result["rps"]})
+            out.append(_row(path, concurrency, result["requests"], result["errors"], cpu, loop_cpu,
+                            os.times().system - sys_cpu, profiler, rps=result["rps"]))
     finally:
         server.should_exit = True
         await task
@@ -125,14 +125,14 @@ async def drive_asgi(app, key: str, runs: list[tuple[str, int, int, bool]]) -> l
                     errors += await _asgi_call(app, headers, payload) != 200
 
             profiler = cProfile.Profile(time.thread_time) if profile else None
-            cpu, loop_cpu = time.process_time(), time.thread_time()
+            cpu, loop_cpu, sys_cpu = time.process_time(), time.thread_time(), os.times().system
             if profiler:
                 profiler.enable()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             if profiler:
                 profiler.disable()
             cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
-            out.append(_row(path, concurrency, requests, errors, cpu, loop_cpu, profiler))
+            out.append(_row(path, concurrency, requests, errors, cpu, loop_cpu, os.times().system - sys_cpu, profiler))
     finally:
         await lifespan.stop()
     return out
@@ -180,14 +180,15 @@ class _Lifespan:
         await self.task
 
 
-def _row(path: str, concurrency: int, requests: int, errors: int, cpu: float, loop_cpu: float, profiler,
-         sys_cpu: float | None = None) -> dict:
+def _row(path: str, concurrency: int, requests: int, errors: int, cpu: float, loop_cpu: float, sys_cpu: float,
+         profiler, rps: float | None = None) -> dict:
     """``cpu_ms_per_request``: every thread; ``loop_ms_per_request``: the event loop's thread alone;
-    ``sys_ms_per_request``: the kernel's part of the first (system calls: sockets, epoll, file writes)."""
+    ``sys_ms_per_request``: the kernel's part of the first (system calls: sockets, epoll, file writes);
+    ``rps``: what the client measured (served by uvicorn only)."""
     per = 1000 / max(requests, 1)
     row = {"path": path, "concurrency": concurrency, "requests": requests, "errors": errors,
            "cpu_ms_per_request": round(cpu * per, 3), "loop_ms_per_request": round(loop_cpu * per, 3),
-           "sys_ms_per_request": None if sys_cpu is None else round(sys_cpu * per, 3),
+           "sys_ms_per_request": round(sys_cpu * per, 3), "rps": rps,
            "profiled": profiler is not None}
     if profiler is not None:
         row["profiler"] = profiler

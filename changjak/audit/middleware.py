@@ -116,8 +116,8 @@ class AuditWriter:
         except Exception as error:  # noqa: BLE001 - the next one tries again
             logger.warning("could not checkpoint the audit log: %s", error)
 
-    def _append(self, entries: list[dict[str, Any]]) -> list[int]:
-        return self._appender([store.clean_entry(entry, self.clean) for entry in entries])
+    def _append(self, entries: list[dict[str, Any]], wait_ms: int = 30_000) -> list[int]:
+        return self._appender([store.clean_entry(entry, self.clean) for entry in entries], wait_ms=wait_ms)
 
     def _append_inline(self, entries: list[dict[str, Any]]) -> list[int] | None:
         """A few records into a local SQLite file on the event loop itself, or None: not here, or the
@@ -127,7 +127,7 @@ class AuditWriter:
         if not self._appender.local:
             return None
         try:
-            return self._appender([store.clean_entry(entry, self.clean) for entry in entries], wait_ms=INLINE_WAIT_MS)
+            return self._append(entries, wait_ms=INLINE_WAIT_MS)
         except store.Busy:
             return None
 

@@ -283,12 +283,13 @@ class Appender:
 
         SQLite does this itself in the commit that takes the log past 1,000 pages, and that commit
         then waits for two fsyncs. An audit commit may run on the event loop, which would wait with
-        it, and every request in flight too (``benchmarks/audit_append.py``, one-record commits: 175
-        µs of wall time on average, the longest 17 ms; 110 µs and 0.9 ms without). With ``own_checkpoints`` the connection never does
-        that in a commit; the audit writer calls this instead, in its thread, with no append of its
-        own in between, so the log is copied whole and the next commit starts it from the top. Should
-        other processes' commits keep it from ever being whole (the log past ``RESTART_PAGES``), the
-        checkpoint waits for their writers (``RESTART``).
+        it, and every request in flight too (``benchmarks/audit_append.py``, one-record commits:
+        175 µs of wall time on average, the longest 17 ms; 110 µs and 0.9 ms without). With
+        ``own_checkpoints`` the connection never does that in a commit; the audit writer calls this
+        instead, in its thread, with no append of its own in between, so the log is copied whole and
+        the next commit starts it from the top. Should other processes' commits keep it from ever
+        being whole (the log past ``RESTART_PAGES``), the checkpoint waits for their writers
+        (``RESTART``).
         """
         conn = self._connection()
         mode = "RESTART" if self.log_pages > self.RESTART_PAGES else "PASSIVE"

@@ -3,12 +3,12 @@
     served = ServedModel(MeteredBackend(backend, metrics, model_version="3"), "3", loaded_at)
 
 For every generation it measures the time to the first text (queueing behind other generations
-included; for a whole answer from an upstream, ``params.whole``, that is the whole answer's time), the gaps between later pieces of text,
-and how many generations are waiting for their first text or producing now. When the last
-chunk brings the token counts it writes them, and the model version, into the current
-request's context (see :mod:`changjak.serve.logging`), where the metrics middleware and the
-audit record read them. Closing the reply's iterator closes the inner one: a client that hangs
-up still frees its generation.
+included; for a whole answer from an upstream, ``params.whole``, that is the whole answer's
+time), the gaps between later pieces of text, and how many generations are waiting for their
+first text or producing now. When the last chunk brings the token counts it writes them, and the
+model version, into the current request's context (see :mod:`changjak.serve.logging`), where the
+metrics middleware and the audit record read them. Closing the reply's iterator closes the inner
+one: a client that hangs up still frees its generation.
 """
 
 from __future__ import annotations

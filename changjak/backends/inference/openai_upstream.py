@@ -10,7 +10,8 @@ is sent as the model name: vLLM serves each LoRA under its own name). Its ``fini
 (``params.whole``) is one non-streamed request instead, as LiteLLM sends it: the gateway then
 parses one JSON body, not an event per token (measured with ``benchmarks/gateway_profile.py``:
 1.9-2.0 -> 1.35-1.4 ms of gateway CPU for a short uncached request). Closing the reply's
-iterator closes the HTTP stream, and an OpenAI-compatible server stops generating when its client goes (vLLM aborts the request).
+iterator closes the HTTP stream, and an OpenAI-compatible server stops generating when its
+client goes (vLLM aborts the request).
 Upstream errors, timeouts and refused connections become :class:`~changjak.errors.BackendError`.
 
 A plain ``http://`` upstream with no proxy in the environment is streamed with the lighter
