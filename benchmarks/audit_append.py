@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.machine import describe
 
 RESULTS = Path(__file__).parent / "results" / "audit_append.json"
 MODES = {"sqlite checkpoints in commits": False, "changjak: own checkpoints": True}
@@ -95,7 +96,7 @@ def main() -> None:
     if not args.smoke:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": describe(),
             "records_per_run": args.records, "runs": args.runs, "medians": rows, "ratios": ratio,
             "all_runs": runs}, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {RESULTS}")

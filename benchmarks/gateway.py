@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -43,6 +42,8 @@ from urllib.parse import urlsplit
 import httpx
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gateway.json"
@@ -206,8 +207,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     console = Console(width=140)
     body = {"model": MODEL, "messages": ASK, "max_tokens": 32}
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "platform": platform.platform()},
+    results: dict = {"machine": describe(),
                      "requests_per_run": args.requests, "workers": args.workers, "runs_per_point": args.runs,
                      "redis": bool(args.redis), "runs": []}
     procs: list[subprocess.Popen] = []
@@ -268,6 +268,7 @@ def main() -> None:
                 stop(proc)
     results["features"] = features
     results["summary"] = summarise(results["runs"])
+    results["targets"] = check(results["summary"])
     show(console, results)
     if not args.smoke:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -306,6 +307,24 @@ def summarise(runs: list[dict]) -> list[dict]:
     return out
 
 
+def check(summary: list[dict]) -> list[dict]:
+    """The issue's targets, at the levels this run measured (a target whose level did not run is left out)."""
+    rows = {(s["target"], s["concurrency"]): s for s in summary}
+    checks = []
+    if (miss := rows.get(("changjak", 10))) and miss["added_p95_ms"] is not None:
+        checks.append({"target": "added p95 ms at 10 clients (cache miss)", "value": miss["added_p95_ms"],
+                       "goal": "<= 5", "pass": miss["added_p95_ms"] <= 5})
+    for (name, c), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
+        if name == "changjak cache hit":
+            checks.append({"target": f"cache hits req/s at {c} clients", "value": row["rps"], "goal": ">= 1000",
+                           "pass": row["rps"] >= 1000})
+    for (name, c), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
+        if name == "changjak" and row["rps_vs_litellm"] is not None:
+            checks.append({"target": f"req/s x LiteLLM at {c} clients (cache miss)", "value": row["rps_vs_litellm"],
+                           "goal": ">= 5", "pass": row["rps_vs_litellm"] >= 5})
+    return checks
+
+
 def show(console: Console, results: dict) -> None:
     table = Table(title=f"gateway overhead, {results['workers']} worker(s) each, {results['machine']['cpus']} CPUs")
     for column in ("target", "clients", "p50 ms", "p95 ms", "added p50", "added p95", "req/s", "x LiteLLM", "errors"):
@@ -320,6 +339,12 @@ def show(console: Console, results: dict) -> None:
     for name, what in results["features"].items():
         console.print(f"  {name}: {what}")
     console.print(f"  changjak's own metrics: {results.get('changjak_metrics')}")
+    machine = results["machine"]
+    console.print(f"  machine: {machine.get('cpu_model')}, {machine.get('cpus')} CPUs, SIMD {machine.get('simd')}, "
+                  f"calibration loop {machine.get('calibration_ms')} ms")
+    for row in results.get("targets", []):
+        mark = "[green]pass[/]" if row["pass"] else "[red]FAIL[/]"
+        console.print(f"  {mark} {row['target']}: {row['value']} (goal {row['goal']})")
 
 
 def _num(value: float | None) -> str:

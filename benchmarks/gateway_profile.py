@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gateway import ASK, MODEL, REPLY, _our_settings, free_port, stop, wait_for
+from benchmarks.machine import calibrate
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = {"fresh": {}, "hit": {"temperature": 0}}  # over the body: temperature 1 is never cached
@@ -193,23 +194,6 @@ def _row(path: str, concurrency: int, requests: int, errors: int, cpu: float, lo
     if profiler is not None:
         row["profiler"] = profiler
     return row
-
-
-def calibrate() -> float:
-    """CPU ms of a fixed pure-Python workload (JSON, hashing, dicts): a yardstick of how fast the machine is
-    right now (a shared VM's CPU time per instruction varies by tens of per cent)."""
-    import gc
-    import hashlib
-
-    gc.disable()  # the collector's cost grows with the heap, which the app has grown meanwhile
-    started = time.process_time()
-    for i in range(20_000):
-        text = json.dumps({"i": i, "messages": ASK, "tenant": "bench"}, ensure_ascii=False)
-        hashlib.sha256(text.encode()).hexdigest()
-        {k: v for k, v in json.loads(text).items() if k != "i"}
-    spent = (time.process_time() - started) * 1000
-    gc.enable()
-    return spent
 
 
 def _loop_runner():
