@@ -95,6 +95,8 @@ class ResponseCache:
         """The store key for one request: a hash, nothing readable."""
         sampling = {**vars(params), "stop": list(params.stop)}  # = asdict(params), at a tenth of its cost
         del sampling["whole"]  # how the answer travels: a stream and a whole answer share entries
+        if not sampling["min_tokens"]:  # added later: keys without it stay those of earlier releases
+            del sampling["min_tokens"]
         material = {
             "tenant": tenant, "model": model_id, "version": model_version, "prompt": prompt_version,
             "params": sampling, "messages": [[m.role, normalise(m.content), m.name] for m in messages],

@@ -69,6 +69,8 @@ class ChatCompletionRequest(_Lenient):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name; wins over max_tokens
+    # vLLM's extension: no end of sequence before this many tokens (stop strings still end it)
+    min_tokens: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=2)  # None = 1.0, as OpenAI
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[Annotated[Text, Field(min_length=1)]] | None = Field(None, max_length=4)

@@ -97,6 +97,8 @@ async def test_a_body_within_the_limit_passes_however_it_arrives(http: httpx.Asy
     (ask(n=0), "n"),
     (ask(max_tokens=10**30), "max_tokens"),
     (ask(seed=2**64), "seed"),
+    (ask(max_tokens=4, extra_body={"min_tokens": 5}), "min_tokens"),
+    (ask(extra_body={"min_tokens": -1}), "min_tokens"),
 ])
 async def test_bad_values_are_400s_naming_the_parameter(app, fields: dict, param: str) -> None:
     async with serving(app) as sdk:
@@ -125,6 +127,17 @@ async def test_malformed_bodies_are_400s_never_500s(http: httpx.AsyncClient, raw
     error = error_of(response, 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert "\\ud800" not in response.text and "NaN" not in error["message"]
+
+
+async def test_min_tokens_reaches_the_model_and_is_part_of_the_cache_key(make_settings) -> None:
+    fake = FakeBackend(MODEL)
+    app = create_app(make_settings(api_keys=KEY), fake)
+    async with serving(app) as sdk:
+        await sdk.chat.completions.create(**ask(max_tokens=16, temperature=0), extra_body={"min_tokens": 16})
+        assert fake.params.min_tokens == 16
+        plain = await sdk.chat.completions.with_raw_response.create(**ask(max_tokens=16, temperature=0))
+        assert fake.params.min_tokens == 0  # not the answer above, which was asked to run longer
+    assert plain.headers["x-changjak-cache"] == "miss"
 
 
 async def test_unknown_fields_are_accepted(app) -> None:

@@ -26,6 +26,9 @@ FinishReason = Literal["stop", "length"]
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int = 256
+    # no end-of-sequence token is picked before this many completion tokens (vLLM's min_tokens);
+    # a stop string still ends the reply, and max_tokens still wins over it
+    min_tokens: int = 0
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)  # never part of the returned text

@@ -159,7 +159,7 @@ class Scheduler(DecodeLoop):
                              v[:, :, :keep].expand(len(group), -1, -1, -1).contiguous(), layer)
             self.reused += keep * len(group)
         positions = (mask.cumsum(1) - 1).clamp(min=0)[:, keep:]
-        logits = self._forward(ids, mask, positions, cache, [s.adapter for s in group])
+        logits = self._hold_eos(self._forward(ids, mask, positions, cache, [s.adapter for s in group]), group)
         self._keep_prefix(group[-1], cache, mask)
         rows = [i for i, s in enumerate(group) if self._advance(s, pick(logits[i], s.params, s.generator))]
         if rows:
@@ -192,7 +192,8 @@ class Scheduler(DecodeLoop):
         ids = torch.tensor([[s.next_token] for s in self.batch], device=self.device)
         positions = torch.tensor([[s.length] for s in self.batch], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.batch), 1)], dim=1)
-        logits = self._forward(ids, self.mask, positions, self.cache, [s.adapter for s in self.batch])
+        logits = self._hold_eos(self._forward(ids, self.mask, positions, self.cache, [s.adapter for s in self.batch]),
+                                self.batch)
         greedy = logits.argmax(dim=-1).tolist()
         for i, seq in enumerate(self.batch):
             seq.length += 1
@@ -207,6 +208,16 @@ class Scheduler(DecodeLoop):
             kwargs["adapter_names"] = [a or BASE for a in adapters]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1]
+
+    def _hold_eos(self, logits: Any, seqs: list[Sequence]) -> Any:
+        """``logits`` with every end-of-sequence id ruled out in the rows still short of their min_tokens."""
+        import torch
+
+        rows = [i for i, s in enumerate(seqs) if s.generated < s.params.min_tokens]
+        if rows:
+            eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
+            logits[torch.tensor(rows, device=logits.device)[:, None], eos] = float("-inf")
+        return logits
 
     def _advance(self, seq: Sequence, token: int) -> bool:
         """Take ``token`` for ``seq``: stream its text; False once the sequence has finished."""

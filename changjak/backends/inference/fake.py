@@ -27,6 +27,7 @@ class FakeBackend:
         self.is_ready = is_ready
         self.emitted = 0  # tokens produced by the latest generation
         self.seen: list[dict] = []  # the messages of the latest generation, as the model got them
+        self.params: GenerationParams | None = None  # and its parameters
         self.running = False
         self.closed = False
 
@@ -42,7 +43,7 @@ class FakeBackend:
         scanner = StopScanner(params.stop)
         finish: FinishReason = "stop"
         hit = False
-        self.emitted, self.running, self.seen = 0, True, messages
+        self.emitted, self.running, self.seen, self.params = 0, True, messages, params
         emitted = 0  # this generation's own count: overlapping requests must not share one
         try:
             for i, token in enumerate(text):

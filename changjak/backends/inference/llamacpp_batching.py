@@ -84,6 +84,7 @@ class Batcher(DecodeLoop):
         self.running: list[Request] = []  # in admission order: prefill goes first come first served
         self.decoded = 0  # tokens sampled, over every request
         self.steps = 0  # llama_decode calls
+        self.eog: tuple[int, Any] | None = None  # vocabulary size and a bias of -inf per end-of-generation id
         llama_cpp.llama_memory_clear(self.memory, True)
 
     def taken(self) -> int:
@@ -137,6 +138,8 @@ class Batcher(DecodeLoop):
         self.reused += keep
         request.budget = min(p.max_tokens, self.n_ctx_seq - len(request.prompt))
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if p.min_tokens > 0:  # first in the chain, taken out once min_tokens are out (see _advance)
+            lib.llama_sampler_chain_add(chain, self._no_eog_sampler())
         if p.temperature == 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         else:  # as the other backends: temperature first, then the top-p nucleus of that distribution
@@ -205,6 +208,16 @@ class Batcher(DecodeLoop):
             if not request.cancelled:
                 self._advance(request, token)
 
+    def _no_eog_sampler(self) -> Any:
+        """A logit-bias sampler that rules out every end-of-generation token (the ids found once)."""
+        lib = self.lib
+        if self.eog is None:
+            n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+            eog = [t for t in range(n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)]
+            self.eog = (n_vocab, (lib.llama_logit_bias * len(eog))(*[(t, float("-inf")) for t in eog]))
+        n_vocab, biases = self.eog
+        return lib.llama_sampler_init_logit_bias(n_vocab, len(biases), biases)
+
     def _put(self, n: int, token: int, pos: int, request: Request, logits: bool) -> int:
         batch = self.batch
         batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
@@ -216,6 +229,8 @@ class Batcher(DecodeLoop):
         if self.lib.llama_vocab_is_eog(self.vocab, token):
             return self._finish(request, "stop")
         request.generated += 1
+        if request.generated == request.params.min_tokens:  # from now on the end of sequence may come
+            self.lib.llama_sampler_free(self.lib.llama_sampler_chain_remove(request.sampler, 0))
         safe, hit = request.scanner.feed(request.text.add(self.piece(token)))
         if safe:
             request.emit(GenerationChunk(safe))

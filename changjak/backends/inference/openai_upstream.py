@@ -70,6 +70,8 @@ class OpenAIUpstreamBackend:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.min_tokens:  # vLLM's extension: sent only when asked for, as OpenAI's API refuses it
+            body["min_tokens"] = params.min_tokens
         return body
 
     async def generate(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[GenerationChunk]:

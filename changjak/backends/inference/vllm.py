@@ -241,6 +241,8 @@ def sampling_kwargs(params: GenerationParams, stop_token_ids: Sequence[int] = ()
                               "top_p": 1.0 if greedy else float(params.top_p), "stop": list(params.stop),
                               "stop_token_ids": list(stop_token_ids), "include_stop_str_in_output": False,
                               "skip_special_tokens": True}
+    if params.min_tokens:
+        kwargs["min_tokens"] = params.min_tokens
     if params.seed is not None:
         kwargs["seed"] = params.seed
     return kwargs

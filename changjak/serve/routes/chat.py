@@ -137,7 +137,11 @@ def _generation_params(body: ChatCompletionRequest, serve: ServeSettings) -> Gen
     if max_tokens > serve.max_tokens_limit:
         raise BadRequest(f"Invalid '{name}': at most {serve.max_tokens_limit} tokens per reply on this server.",
                          param=name, code="invalid_value")
-    return GenerationParams(max_tokens=max_tokens,
+    min_tokens = body.min_tokens or 0
+    if min_tokens > max_tokens:
+        raise BadRequest(f"Invalid 'min_tokens': {min_tokens} is more than the reply's {name} ({max_tokens}).",
+                         param="min_tokens", code="invalid_value")
+    return GenerationParams(max_tokens=max_tokens, min_tokens=min_tokens,
                             temperature=1.0 if body.temperature is None else body.temperature,
                             top_p=1.0 if body.top_p is None else body.top_p,
                             stop=list(body.stop or []), seed=body.seed, whole=not body.stream)

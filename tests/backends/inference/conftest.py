@@ -37,3 +37,23 @@ def tiny_backend(tiny_model_dir: Path, lora_adapter_dir: Path) -> TransformersBa
     """The tiny model with the adapter merged, on CPU in fp32."""
     return TransformersBackend.load(tiny_model_dir, lora_adapter_dir, device="cpu", dtype="fp32",
                                     model_id="changjak-writer")
+
+
+@pytest.fixture(scope="session")
+def eos_first_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 with its final norm zeroed: every logit is 0, so greedy picks id 0, ``<|endoftext|>``,
+    an end of sequence, at every step; ruled out, it picks id 1 (``<|im_start|>``). What ``min_tokens`` is for."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("eos-first")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    model.save_pretrained(out)
+    for path in tiny_model_dir.iterdir():  # the tokenizer's files
+        if not (out / path.name).exists():
+            shutil.copy(path, out / path.name)
+    return out

@@ -367,3 +367,25 @@ async def test_a_gguf_lora_adapter_applied_at_load_answers_like_the_merged_model
     with_lora = await greedy(tiny_gguf, lora.parent)
     assert with_lora != await greedy(tiny_gguf, None)
     assert with_lora == await greedy(merged, None)
+
+
+@pytest.mark.anyio
+async def test_min_tokens_holds_back_the_end_of_generation(eos_first_model_dir: Path,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    require_llama_cpp()
+    from changjak.export import convert
+
+    gguf = convert(eos_first_model_dir, tmp_path_factory.mktemp("eos-first-gguf") / "model-f16.gguf")
+    backend = llamacpp.LlamaCppBackend.load(gguf, model_id="tiny", options=OPTIONS)
+    try:
+        async def final(temperature=0, **params):
+            return (await collect(backend, ask("용"), temperature=temperature, **params))[-1]
+
+        assert (await final(max_tokens=20)).completion_tokens == 0  # this model ends at once
+        together = await asyncio.gather(final(max_tokens=20, min_tokens=5), final(max_tokens=20))
+        assert [(c.completion_tokens, c.finish_reason) for c in together] == [(5, "stop"), (0, "stop")]
+        assert (await final(max_tokens=3, min_tokens=5)).finish_reason == "length"
+        sampled = await final(temperature=1.0, seed=7, max_tokens=6, min_tokens=6)  # before the chain's draw
+        assert (sampled.completion_tokens, sampled.finish_reason) == (6, "length")
+    finally:
+        await backend.aclose()

@@ -212,3 +212,9 @@ async def test_a_whole_answer_is_one_non_streamed_request(fast: bool) -> None:
     assert (last.finish_reason, last.completion_tokens) == ("stop", streamed[-1].completion_tokens)
     assert last.prompt_tokens == streamed[-1].prompt_tokens > 0
     assert cut[-1].finish_reason == "length"
+
+
+def test_min_tokens_goes_upstream_only_when_asked_for() -> None:
+    backend = OpenAIUpstreamBackend("http://127.0.0.1:9/v1", model_id="changjak-writer")
+    assert "min_tokens" not in backend.request_body(ASK, GenerationParams(max_tokens=8))  # OpenAI's API refuses it
+    assert backend.request_body(ASK, GenerationParams(max_tokens=8, min_tokens=8))["min_tokens"] == 8

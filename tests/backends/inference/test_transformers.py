@@ -456,3 +456,18 @@ async def test_a_kept_prompt_prefix_is_reused_and_answers_as_a_fresh_prefill(tin
     await backend.aclose()
     assert [(text_of(c), c[-1]) for c in one_by_one] == [(text_of(c), c[-1]) for c in fresh]
     assert [(text_of(c), c[-1]) for c in together] == [(text_of(c), c[-1]) for c in fresh]
+
+
+async def test_min_tokens_holds_back_the_end_of_sequence_row_by_row(eos_first_model_dir: Path) -> None:
+    backend = TransformersBackend.load(eos_first_model_dir, device="cpu", dtype="fp32", model_id="m")
+    try:
+        async def final(**params) -> GenerationChunk:
+            return [c async for c in backend.generate(MESSAGES, GenerationParams(temperature=0, **params))][-1]
+
+        assert (await final(max_tokens=20)).completion_tokens == 0  # this model ends at once
+        together = await asyncio.gather(final(max_tokens=20, min_tokens=5), final(max_tokens=20),
+                                        final(max_tokens=3, min_tokens=5), final(max_tokens=20, min_tokens=1))
+        assert [(c.completion_tokens, c.finish_reason) for c in together] == [
+            (5, "stop"), (0, "stop"), (3, "length"), (1, "stop")]  # in one batch, each as it asked
+    finally:
+        await backend.aclose()

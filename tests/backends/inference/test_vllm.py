@@ -125,7 +125,8 @@ async def test_the_prompt_is_the_chat_template_and_the_params_are_mapped() -> No
 def test_sampling_kwargs_keep_top_p_when_sampling_and_leave_seed_out_when_none() -> None:
     kwargs = sampling_kwargs(GenerationParams(temperature=0.8, top_p=0.9))
     assert (kwargs["temperature"], kwargs["top_p"], kwargs["include_stop_str_in_output"]) == (0.8, 0.9, False)
-    assert "seed" not in kwargs
+    assert "seed" not in kwargs and "min_tokens" not in kwargs
+    assert sampling_kwargs(GenerationParams(min_tokens=5))["min_tokens"] == 5
 
 
 async def test_length_is_reported_as_length() -> None:
