@@ -11,7 +11,12 @@ For each backend it measures, in the same run, on the same prompts, with 2 threa
 - the gateway: ``changjak serve``'s app with that backend in a real uvicorn child process, and
   streaming httpx clients: decode tokens/s at batch 1, prefill tokens/s at 256 prompt tokens,
   time to first token p50/p95 at concurrency 8 with 256-token prompts, aggregate tokens/s at
-  concurrency 1, 4, 8, 16 (medians over ``--runs``).
+  concurrency 1, 4, 8, 16 (medians over ``--runs``; TTFT percentiles over every run's samples).
+
+The runs go round by round (the raw engine once, then the gateway once), and each gateway/raw
+ratio is the median of the ratios within a round: on a shared VM the speed of a decode step
+drifts by tens of per cent within minutes. Every gateway request asks for ``min_tokens`` =
+``max_tokens``, so its replies are as long as the raw engines' (``min_new_tokens``).
 
 Then it checks the issue's targets and writes ``benchmarks/results/inference.json``. A backend
 whose engine is not installed is skipped with one line. Decode rates count the tokens after the
@@ -27,7 +32,6 @@ import importlib.util
 import itertools
 import json
 import os
-import platform
 import secrets
 import socket
 import statistics
@@ -36,6 +40,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from benchmarks.machine import describe
 
 RESULTS = Path(__file__).parent / "results" / "inference.json"
 QUICK_RESULTS = RESULTS.with_name("inference-quick.json")  # a smoke run never overwrites real figures
@@ -214,8 +220,10 @@ class Gateway:
 
 async def stream_one(http, text: str, max_tokens: int) -> tuple[float, float, int, int]:
     """One streamed chat completion: (time to first token, total time, completion and prompt tokens)."""
-    body = {"model": MODEL, "messages": chat(text), "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    # min_tokens: every reply runs to max_tokens, as the raw transformers runs do (min_new_tokens), so
+    # both sides generate the same tokens; a wave whose replies end early would idle its batch rows
+    body = {"model": MODEL, "messages": chat(text), "max_tokens": max_tokens, "min_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     start, first, usage = time.perf_counter(), None, {}
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
@@ -255,7 +263,23 @@ async def measure_gateway(gateway: Gateway, sizes: Sizes, long_text: str) -> dic
     return {"decode_tps_b1": median(decode), "prefill_tps": median(prefill), "ttft_b1_s": median(ttft_b1),
             f"ttft_c{sizes.ttft_concurrency}_p50_s": percentile(ttft_c, 0.5),
             f"ttft_c{sizes.ttft_concurrency}_p95_s": percentile(ttft_c, 0.95),
+            f"ttft_c{sizes.ttft_concurrency}_samples": ttft_c,
             **{f"aggregate_tps_c{c}": median(v) for c, v in aggregate.items()}}
+
+
+def pool(rounds: list[dict], ttft_concurrency: int) -> dict:
+    """One figure per key over the rounds: the median, except TTFT percentiles, taken over every sample."""
+    rounds = [r for r in rounds if "error" not in r]
+    if not rounds:
+        return {"error": "every round failed"}
+    keys = {k for r in rounds for k, v in r.items() if isinstance(v, int | float)}
+    pooled: dict = {k: median([r[k] for r in rounds if r.get(k) is not None]) for k in sorted(keys)}
+    samples = [x for r in rounds for x in r.get(f"ttft_c{ttft_concurrency}_samples", [])]
+    if samples:
+        pooled[f"ttft_c{ttft_concurrency}_p50_s"] = percentile(samples, 0.5)
+        pooled[f"ttft_c{ttft_concurrency}_p95_s"] = percentile(samples, 0.95)
+        pooled[f"ttft_c{ttft_concurrency}_samples"] = samples
+    return pooled
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -283,12 +307,21 @@ def targets(results: dict, sizes: Sizes) -> list[dict]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
+    def paired(backend: str, gateway_key: str, raw_key: str) -> float | None:
+        """The median over rounds of gateway / raw within each round (both ran minutes apart at most),
+        falling back to the ratio of the medians."""
+        rounds = results.get(backend, {}).get("rounds", {})
+        pairs = [ratio(g.get(gateway_key), r.get(raw_key)) for g, r in zip(rounds.get("gateway", []),
+                                                                           rounds.get("raw", []), strict=False)]
+        pairs = [x for x in pairs if x is not None]
+        return median(pairs) if pairs else ratio(get(backend, "gateway", gateway_key), get(backend, "raw", raw_key))
+
     c, rows = sizes.ttft_concurrency, []
-    llama = ratio(get("llamacpp", "gateway", "decode_tps_b1"), get("llamacpp", "raw", "decode_tps_b1"))
+    llama = paired("llamacpp", "decode_tps_b1", "decode_tps_b1")
     rows.append({"target": "llama.cpp gateway decode b1 / raw", "value": llama, "goal": ">= 0.95",
                  "pass": None if llama is None else llama >= 0.95})
     wide = 8 if 8 in sizes.concurrency else max(sizes.concurrency)
-    tf = ratio(get("transformers", "gateway", f"aggregate_tps_c{wide}"), get("transformers", "raw", "sequential_tps"))
+    tf = paired("transformers", f"aggregate_tps_c{wide}", "sequential_tps")
     rows.append({"target": f"transformers gateway c{wide} / one-at-a-time generate", "value": tf, "goal": ">= 6",
                  "pass": None if tf is None else tf >= 6})
     for backend in ("llamacpp", "transformers"):
@@ -302,7 +335,8 @@ def print_table(results: dict, checks: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = sorted({k for r in results.values() for part in r.values() if isinstance(part, dict) for k in part})
+    keys = sorted({k for r in results.values() for name, part in r.items() if name in ("raw", "gateway")
+                   for k, v in part.items() if isinstance(v, int | float | str)})
     table = Table(title=f"inference, {THREADS} threads (tokens/s unless _s)")
     table.add_column("figure", no_wrap=True)
     columns = [(b, part) for b, r in results.items() for part in ("raw", "gateway") if part in r]
@@ -366,24 +400,31 @@ def main() -> None:
         if model_path is None:
             print(f"skipping {backend}: --base is not a GGUF file")
             continue
-        results[backend] = {}
-        if backend != "fake":  # fake: the gateway's own cost over an echo, in seconds
-            print(f"{backend}: raw engine ...", flush=True)
-            results[backend]["raw"] = run_child(f"raw:{backend}", model_path, sizes, long_text, env)
-        print(f"{backend}: gateway ...", flush=True)
+        # Round by round: the raw engine once, then the gateway once, ``runs`` times. A shared VM's
+        # speed drifts by tens of per cent within minutes (memory bandwidth most), so a ratio is taken
+        # between figures measured a minute apart, not between a raw block and a gateway block.
+        one = Sizes(**{**asdict(sizes), "runs": 1})
+        rounds: dict[str, list[dict]] = {"raw": [], "gateway": []}
         gateway = Gateway(backend, model_path, env)
         try:
             asyncio.run(gateway.wait())
-            results[backend]["gateway"] = asyncio.run(measure_gateway(gateway, sizes, long_text))
+            for n in range(sizes.runs):
+                if backend != "fake":  # fake: the gateway's own cost over an echo, in seconds
+                    print(f"{backend}: round {n + 1}/{sizes.runs}, raw engine ...", flush=True)
+                    rounds["raw"].append(run_child(f"raw:{backend}", model_path, one, long_text, env))
+                print(f"{backend}: round {n + 1}/{sizes.runs}, gateway ...", flush=True)
+                rounds["gateway"].append(asyncio.run(measure_gateway(gateway, one, long_text)))
         except Exception as e:  # one backend failing must not lose the others' figures
-            results[backend]["gateway"] = {"error": f"{e.__class__.__name__}: {e}"}
+            rounds["gateway"].append({"error": f"{e.__class__.__name__}: {e}"})
         finally:
             gateway.close()
+        results[backend] = {"gateway": pool(rounds["gateway"], sizes.ttft_concurrency), "rounds": rounds}
+        if rounds["raw"]:
+            results[backend]["raw"] = pool(rounds["raw"], sizes.ttft_concurrency)
     checks = targets(results, sizes)
     print_table(results, checks)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "threads": THREADS,
-                                                "python": platform.python_version()},
+    out.write_text(json.dumps({"machine": describe(threads=THREADS),
                                     "model": {"source": args.base, "path": str(ref.path), "gguf": str(gguf)},
                                     "sizes": asdict(sizes), "quick": args.quick, "results": results,
                                     "targets": checks}, ensure_ascii=False, indent=2) + "\n")
