@@ -16,12 +16,12 @@ import argparse
 import asyncio
 import json
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
 
 from benchmarks.inference import ASKS, STORY
+from benchmarks.machine import describe
 
 RESULTS = Path(__file__).parent / "results" / "transformers_quant.json"
 VARIANTS = {"fp32": ("fp32", "none"), "bf16": ("bf16", "none"), "int8": ("fp32", "int8")}
@@ -93,7 +93,7 @@ def main() -> None:
     out = args.out or (RESULTS.with_name("transformers_quant.quick.json") if args.quick else RESULTS)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"base": args.base, "runs": runs, "max_tokens": max_tokens, "threads": 2,
-                               "machine": platform.processor() or platform.machine(), "rows": rows},
+                               "machine": describe(threads=2), "rows": rows},
                               ensure_ascii=False, indent=2) + "\n")
     print(f"wrote {out}")
 
