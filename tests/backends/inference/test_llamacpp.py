@@ -291,14 +291,19 @@ async def test_a_shared_prefix_is_copied_from_another_sequence_not_prefilled_aga
     system = SYSTEM
     asks = [[system, *ask(p)] for p in PROMPTS[:5]]
     fresh = await fresh_replies(tiny_gguf, asks)
-    backend = load(tiny_gguf, parallel=4)
+    backend = load(tiny_gguf, parallel=4, n_ctx=2048)
     try:
         shared = len(backend._encode([system]))
         assert shared > 32 + 8
         # copied from a sequence that is decoding: its reply's cells past the prefix must not come along
-        running = backend.generate(asks[0], GenerationParams(max_tokens=30, temperature=0))
-        head = [await anext(running) for _ in range(4)]
-        joined = text_of(await collect(backend, asks[4], max_tokens=12, temperature=0))
+        running = backend.generate(asks[0], GenerationParams(max_tokens=400, min_tokens=400, temperature=0))
+        head = [await anext(running)]
+        with backend.batcher._wake:  # the decode thread stops before its next admission: asks[0] still runs
+            joining = asyncio.ensure_future(collect(backend, asks[4], max_tokens=12, temperature=0))
+            while not backend.batcher.waiting:
+                await asyncio.sleep(0)
+            assert len(backend.batcher.running) == 1  # asks[0], 400 tokens long: it cannot end meanwhile
+        joined = text_of(await joining)
         rest = [c async for c in running]
         assert backend.batcher.copied == 1
         # three at once: two take the slots that kept the prefix, the third copies it into an empty one
