@@ -405,17 +405,24 @@ def main() -> None:
         # between figures measured a minute apart, not between a raw block and a gateway block.
         one = Sizes(**{**asdict(sizes), "runs": 1})
         rounds: dict[str, list[dict]] = {"raw": [], "gateway": []}
-        gateway = Gateway(backend, model_path, env)
+        gateway, up = Gateway(backend, model_path, env), True
         try:
-            asyncio.run(gateway.wait())
+            try:
+                asyncio.run(gateway.wait())
+            except Exception as e:  # a gateway that fails must not lose the raw engine's figures
+                rounds["gateway"].append({"error": f"{e.__class__.__name__}: {e}"})
+                up = False
             for n in range(sizes.runs):
                 if backend != "fake":  # fake: the gateway's own cost over an echo, in seconds
                     print(f"{backend}: round {n + 1}/{sizes.runs}, raw engine ...", flush=True)
                     rounds["raw"].append(run_child(f"raw:{backend}", model_path, one, long_text, env))
-                print(f"{backend}: round {n + 1}/{sizes.runs}, gateway ...", flush=True)
-                rounds["gateway"].append(asyncio.run(measure_gateway(gateway, one, long_text)))
-        except Exception as e:  # one backend failing must not lose the others' figures
-            rounds["gateway"].append({"error": f"{e.__class__.__name__}: {e}"})
+                if up:
+                    print(f"{backend}: round {n + 1}/{sizes.runs}, gateway ...", flush=True)
+                    try:
+                        rounds["gateway"].append(asyncio.run(measure_gateway(gateway, one, long_text)))
+                    except Exception as e:  # noqa: BLE001 - its error is the figure; the raw rounds go on
+                        rounds["gateway"].append({"error": f"{e.__class__.__name__}: {e}"})
+                        up = False
         finally:
             gateway.close()
         results[backend] = {"gateway": pool(rounds["gateway"], sizes.ttft_concurrency), "rounds": rounds}
