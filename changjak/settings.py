@@ -154,6 +154,9 @@ class ServeSettings(Section):
     max_batch_size: int = Field(8, ge=1)
     max_queue: int = Field(64, ge=0)
     quantization: Literal["none", "int8", "nf4"] = "none"  # int8: CPU (dynamic) or CUDA; nf4: CUDA only
+    # bf16 on the CPU: reorder the Linear weights for oneDNN once at load, not at every matmul
+    # (changjak.backends.inference.onednn; ~1 GB more memory for the demo model).
+    prepack: bool = True
     # Lifecycle and logs (changjak.serve.lifecycle, changjak.serve.logging).
     workers: int = Field(1, ge=1)  # processes; shared state lives only in the database and Redis
     log_format: Literal["json", "text"] = "json"  # json: one object per line, with the request id

@@ -137,7 +137,7 @@ def load_model(settings: Settings) -> ServedModel:
     serve = settings.serve
     options = {  # each backend's own section, so a --config file reaches it too
         "transformers": {"max_batch_size": serve.max_batch_size, "max_queue": serve.max_queue,
-                         "quantization": serve.quantization},
+                         "quantization": serve.quantization, "prepack": serve.prepack},
         "llamacpp": {"options": serve.llamacpp, "max_queue": serve.max_queue},
         "vllm": {"options": serve.vllm},
     }.get(serve.backend, {})

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,13 @@ class TransformersBackend:
     @classmethod
     def load(cls, base_path: Path, adapter_dir: Path | None = None, *, device: str = "auto",
              dtype: str = "auto", model_id: str, adapters: Mapping[str, Path] | None = None,
-             quantization: str = "none", max_batch_size: int = 8, max_queue: int = 64) -> TransformersBackend:
-        """Load the base model and tokenizer, then the LoRA adapter(s), then quantise if asked."""
+             quantization: str = "none", max_batch_size: int = 8, max_queue: int = 64,
+             prepack: bool = True) -> TransformersBackend:
+        """Load the base model and tokenizer, then the LoRA adapter(s), then quantise if asked.
+
+        ``prepack``: a bf16 model on the CPU gets its Linear weights reordered for oneDNN once
+        (:mod:`.onednn`), not on every matmul.
+        """
         from changjak.base_model import load_causal_lm, load_tokenizer
         from changjak.train.device import pick_device, pick_dtype
 
@@ -59,18 +64,27 @@ class TransformersBackend:
         if quantization not in QUANTIZATIONS:
             raise BackendError(f"unknown quantization {quantization!r}", hint="use none, int8 or nf4")
         device = pick_device(device)
-        if quantization != "none" and device == "cuda":
-            model = _load_bitsandbytes(Path(base_path), quantization, pick_dtype(device, "auto"))
-        elif quantization == "nf4" or (quantization == "int8" and device != "cpu"):
+        if (quantization == "nf4" and device != "cuda") or (quantization == "int8" and device not in ("cpu", "cuda")):
             raise BackendError(f"{quantization} quantization is not available on {device}",
                                hint="use quantization int8 on the CPU, or int8/nf4 on a CUDA GPU")
-        else:  # dynamic INT8 takes fp32 activations
-            dtype = "fp32" if quantization == "int8" else dtype
-            model = load_causal_lm(Path(base_path), device=device, dtype=pick_dtype(device, dtype))
-        model, names, default = _with_adapters(model, adapter_dir, dict(adapters or {}),
-                                               merge=quantization == "none" or device == "cpu")  # not into bnb
-        if quantization == "int8" and device == "cpu":
-            model = quantize_int8(model)
+
+        def build() -> tuple[Any, tuple[str, ...], str | None]:
+            if quantization != "none" and device == "cuda":
+                model = _load_bitsandbytes(Path(base_path), quantization, pick_dtype(device, "auto"))
+            else:  # dynamic INT8 takes fp32 activations
+                model = load_causal_lm(Path(base_path), device=device,
+                                       dtype=pick_dtype(device, "fp32" if quantization == "int8" else dtype))
+            model, names, default = _with_adapters(model, adapter_dir, dict(adapters or {}),
+                                                   merge=quantization == "none" or device == "cpu")  # not into bnb
+            if quantization == "int8" and device == "cpu":
+                model = quantize_int8(model)
+            elif prepack and device == "cpu":
+                from changjak.backends.inference import onednn
+
+                onednn.pack(model, hint=max_batch_size)
+            return model, names, default
+
+        model, names, default = _on_a_thread_of_its_own(build)
         logger.info("loaded %s from %s (adapters: %s, quantization: %s) on %s", model_id, base_path,
                     names or adapter_dir, quantization, device)
         return cls(model, load_tokenizer(Path(base_path)), model_id=model_id,
@@ -127,6 +141,21 @@ def quantize_int8(model: Any, skip: tuple[str, ...] = INT8_SKIP) -> Any:
     with warnings.catch_warnings():  # torch deprecates the API (for torchao, which needs its own torch build)
         warnings.simplefilter("ignore")
         return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _on_a_thread_of_its_own(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a thread that ends when it returns, so that the OpenMP workers torch starts for it end too.
+
+    GNU OpenMP (torch's) spins only briefly between parallel regions once it manages more threads
+    than there are cores; then every one of the hundreds of regions in a decode step waits for a
+    worker to wake. The decode thread is not the main thread, so workers the main thread had started
+    for loading would stay and count: a decode step of 8 sequences took 175 ms instead of 95 on
+    2 cores. Loaded here, the decode thread's own workers are the only ones.
+    """
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="changjak-load") as pool:
+        return pool.submit(fn).result()
 
 
 def _load_bitsandbytes(path: Path, quantization: str, compute_dtype: Any) -> Any:
