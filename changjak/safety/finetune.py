@@ -343,6 +343,8 @@ def finetune(texts: Sequence[str], labels: np.ndarray, *, model_file: Path | Non
     encoder.train()
     with tqdm(total=steps, desc="fine-tune e5", unit="step") as bar:
         for epoch in range(epochs):
+            if step >= steps:  # max_steps reached: no more epochs, and no more dev scoring
+                break
             order = np.random.RandomState(seed + epoch).permutation(len(texts))
             for i in range(0, len(order), batch):
                 if step >= steps:
