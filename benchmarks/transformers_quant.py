@@ -3,7 +3,8 @@
     nice -n 10 .venv/bin/python -m benchmarks.transformers_quant [--base demo] [--runs 3]
     .venv/bin/python -m benchmarks.transformers_quant --base DIR --quick   # a smoke run, tiny sizes
 
-For each of fp32, bf16 and int8 (torch dynamic quantisation of every nn.Linear, fp32 activations)
+For each of fp32, bf16 (weights packed for oneDNN, as served; and unpacked) and int8 (torch
+dynamic quantisation of every nn.Linear but ``down_proj``, fp32 activations)
 it measures, with 2 threads, in one process: perplexity on Korean story text (teacher-forced,
 the same tokens for each), and tokens/s through ``TransformersBackend`` (batching included,
 greedy) with 1 and 8 concurrent requests, medians over ``--runs``. It prints a table and writes
@@ -24,17 +25,25 @@ from benchmarks.inference import ASKS, STORY
 from benchmarks.machine import describe
 
 RESULTS = Path(__file__).parent / "results" / "transformers_quant.json"
-VARIANTS = {"fp32": ("fp32", "none"), "bf16": ("bf16", "none"), "int8": ("fp32", "int8")}
+# name: (dtype, quantization, prepack); "bf16 unpacked" is bf16 without onednn.pack's packed weights
+VARIANTS = {"fp32": ("fp32", "none", True), "bf16": ("bf16", "none", True), "bf16 unpacked": ("bf16", "none", False),
+            "int8": ("fp32", "int8", True)}
 
 
 def perplexity(backend, text: str) -> float:
-    """exp(mean next-token loss) over ``text`` with the backend's own model."""
+    """exp(mean next-token loss) over ``text`` with the backend's own model, computed on a thread
+    that ends, as the backend loads (OpenMP workers left on this one would slow its decode thread)."""
     import torch
 
+    from changjak.backends.inference.transformers import on_a_thread_of_its_own
+
     ids = torch.tensor([backend.tokenizer.encode(text, add_special_tokens=False)])
-    with torch.inference_mode():
-        loss = backend.model(input_ids=ids, labels=ids).loss
-    return math.exp(float(loss))
+
+    def loss() -> float:
+        with torch.inference_mode():
+            return float(backend.model(input_ids=ids, labels=ids).loss)
+
+    return math.exp(on_a_thread_of_its_own(loss))
 
 
 async def throughput(backend, concurrency: int, max_tokens: int) -> float:
@@ -54,9 +63,9 @@ async def throughput(backend, concurrency: int, max_tokens: int) -> float:
 def measure(model_dir: Path, variant: str, *, runs: int, max_tokens: int, text: str) -> dict:
     from changjak.backends.inference.transformers import TransformersBackend
 
-    dtype, quantization = VARIANTS[variant]
+    dtype, quantization, prepack = VARIANTS[variant]
     backend = TransformersBackend.load(model_dir, device="cpu", dtype=dtype, quantization=quantization,
-                                       model_id="bench", max_batch_size=8)
+                                       model_id="bench", max_batch_size=8, prepack=prepack)
     row = {"variant": variant, "perplexity": perplexity(backend, text)}
     for n in (1, 8):
         asyncio.run(throughput(backend, n, 4))  # warm-up
@@ -84,11 +93,11 @@ def main() -> None:
     text = STORY * (1 if args.quick else 4)
     rows = [measure(model_dir, v, runs=runs, max_tokens=max_tokens, text=text) for v in VARIANTS]
     ref = {r["variant"]: r for r in rows}["bf16"]
-    print(f"{'variant':<8}{'perplexity':>12}{'Δ vs bf16':>11}{'tok/s c1':>10}{'tok/s c8':>10}{'c8 vs bf16':>12}")
+    print(f"{'variant':<14}{'perplexity':>12}{'Δ vs bf16':>11}{'tok/s c1':>10}{'tok/s c8':>10}{'c8 vs bf16':>12}")
     for r in rows:
         r["perplexity_delta_vs_bf16"] = r["perplexity"] - ref["perplexity"]
         r["speed_ratio_c8_vs_bf16"] = r["tps_c8"] / ref["tps_c8"]
-        print(f"{r['variant']:<8}{r['perplexity']:>12.3f}{r['perplexity_delta_vs_bf16']:>+11.3f}"
+        print(f"{r['variant']:<14}{r['perplexity']:>12.3f}{r['perplexity_delta_vs_bf16']:>+11.3f}"
               f"{r['tps_c1']:>10.1f}{r['tps_c8']:>10.1f}{r['speed_ratio_c8_vs_bf16']:>11.2f}x")
     out = args.out or (RESULTS.with_name("transformers_quant.quick.json") if args.quick else RESULTS)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,11 @@ more than the product itself. ``pack`` does that reorder once per ``nn.Linear`` 
 a Llama-style MLP (``gate_proj``, ``up_proj``, ``down_proj``, SiLU) is packed whole, its
 ``silu(gate(x)) * up(x)`` runs as two oneDNN post-ops, not two extra passes over the activations.
 
-Measured on the 2-core Xeon with AMX (demo model, Qwen2 0.5B, bf16): a decode step of 8 sequences
-109 → ~50 ms, a 2,400-token prefill ~2.3 → ~1.7 s (`benchmarks/inference.py` has the served
-figures). The packed copy is extra memory (about the size of the Linear weights, 1 GB for the
-demo model); the original weights stay, so PEFT and ``state_dict`` readers see the model unchanged.
+Measured on the 2-core Xeon with AMX (demo model, Qwen2 0.5B, bf16, 2 threads): a decode step of
+8 sequences 109 → 82 ms, a prefill of 8 × 300 tokens 2.34 → 2.03 s; one sequence's step stays
+~100 ms, bound by reading the weights (docs/inference.md has the served figures). The packed
+copy is extra memory, about the size of the Linear weights (~1 GB for the demo model); the
+original weights stay, so PEFT and ``state_dict`` readers see the model unchanged.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class TransformersBackend:
                 onednn.pack(model, hint=max_batch_size)
             return model, names, default
 
-        model, names, default = _on_a_thread_of_its_own(build)
+        model, names, default = on_a_thread_of_its_own(build)
         logger.info("loaded %s from %s (adapters: %s, quantization: %s) on %s", model_id, base_path,
                     names or adapter_dir, quantization, device)
         return cls(model, load_tokenizer(Path(base_path)), model_id=model_id,
@@ -143,7 +143,7 @@ def quantize_int8(model: Any, skip: tuple[str, ...] = INT8_SKIP) -> Any:
         return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
-def _on_a_thread_of_its_own(fn: Callable[[], Any]) -> Any:
+def on_a_thread_of_its_own(fn: Callable[[], Any]) -> Any:
     """``fn()`` on a thread that ends when it returns, so that the OpenMP workers torch starts for it end too.
 
     GNU OpenMP (torch's) spins only briefly between parallel regions once it manages more threads

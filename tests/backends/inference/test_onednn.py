@@ -90,3 +90,4 @@ async def test_adapters_by_name_pack_their_base_layers_and_still_differ(
     base = text_of(await collect(backend, max_tokens=16, temperature=0))
     assert len({a, b, base}) == 3
     assert text_of(await collect(backend, max_tokens=16, temperature=0, adapter="a")) == a
+

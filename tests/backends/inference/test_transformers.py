@@ -471,3 +471,18 @@ async def test_min_tokens_holds_back_the_end_of_sequence_row_by_row(eos_first_mo
             (5, "stop"), (0, "stop"), (3, "length"), (1, "stop")]  # in one batch, each as it asked
     finally:
         await backend.aclose()
+
+
+def test_the_model_is_loaded_on_a_thread_that_has_ended(tiny_model_dir: Path, monkeypatch) -> None:
+    """Its OpenMP workers end with it, so the decode thread's are the only ones (see load's helper)."""
+    from changjak import base_model
+
+    seen, real = [], base_model.load_causal_lm
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base_model, "load_causal_lm", spy)
+    TransformersBackend.load(tiny_model_dir, device="cpu", dtype="fp32", model_id="x")
+    assert len(seen) == 1 and seen[0] is not threading.current_thread() and not seen[0].is_alive()
