@@ -8,7 +8,8 @@ dynamic quantisation of every nn.Linear but ``down_proj``, fp32 activations)
 it measures, with 2 threads, in one process: perplexity on Korean story text (teacher-forced,
 the same tokens for each), and tokens/s through ``TransformersBackend`` (batching included,
 greedy) with 1 and 8 concurrent requests, medians over ``--runs``. It prints a table and writes
-``benchmarks/results/transformers_quant.json``. CUDA 8-bit/NF4 (bitsandbytes) is measured on a GPU.
+``benchmarks/results/transformers_quant.json``. ``--device cuda`` measures bf16 against
+bitsandbytes 8-bit and NF4 on a GPU instead (``transformers_quant-cuda.json``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ RESULTS = Path(__file__).parent / "results" / "transformers_quant.json"
 # name: (dtype, quantization, prepack); "bf16 unpacked" is bf16 without onednn.pack's packed weights
 VARIANTS = {"fp32": ("fp32", "none", True), "bf16": ("bf16", "none", True), "bf16 unpacked": ("bf16", "none", False),
             "int8": ("fp32", "int8", True)}
+# --device cuda: bitsandbytes 8-bit and NF4 (compute in the GPU's bf16/fp16) against the plain model
+CUDA_VARIANTS = {"bf16": ("auto", "none", False), "int8": ("auto", "int8", False), "nf4": ("auto", "nf4", False)}
 
 
 def perplexity(backend, text: str) -> float:
@@ -37,7 +40,8 @@ def perplexity(backend, text: str) -> float:
 
     from changjak.backends.inference.transformers import on_a_thread_of_its_own
 
-    ids = torch.tensor([backend.tokenizer.encode(text, add_special_tokens=False)])
+    ids = torch.tensor([backend.tokenizer.encode(text, add_special_tokens=False)],
+                       device=next(backend.model.parameters()).device)
 
     def loss() -> float:
         with torch.inference_mode():
@@ -60,11 +64,11 @@ async def throughput(backend, concurrency: int, max_tokens: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def measure(model_dir: Path, variant: str, *, runs: int, max_tokens: int, text: str) -> dict:
+def measure(model_dir: Path, variant: str, *, runs: int, max_tokens: int, text: str, device: str = "cpu") -> dict:
     from changjak.backends.inference.transformers import TransformersBackend
 
-    dtype, quantization, prepack = VARIANTS[variant]
-    backend = TransformersBackend.load(model_dir, device="cpu", dtype=dtype, quantization=quantization,
+    dtype, quantization, prepack = (CUDA_VARIANTS if device == "cuda" else VARIANTS)[variant]
+    backend = TransformersBackend.load(model_dir, device=device, dtype=dtype, quantization=quantization,
                                        model_id="bench", max_batch_size=8, prepack=prepack)
     row = {"variant": variant, "perplexity": perplexity(backend, text)}
     for n in (1, 8):
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one run, 8 tokens: checks that it works")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: bf16 against bitsandbytes 8-bit and NF4 (pip install bitsandbytes)")
     args = parser.parse_args()
 
     import torch
@@ -91,7 +97,8 @@ def main() -> None:
     model_dir = base_model.resolve(Settings.load(base_model={"source": args.base})).path
     runs, max_tokens = (1, 8) if args.quick else (args.runs, 64)
     text = STORY * (1 if args.quick else 4)
-    rows = [measure(model_dir, v, runs=runs, max_tokens=max_tokens, text=text) for v in VARIANTS]
+    variants = CUDA_VARIANTS if args.device == "cuda" else VARIANTS
+    rows = [measure(model_dir, v, runs=runs, max_tokens=max_tokens, text=text, device=args.device) for v in variants]
     ref = {r["variant"]: r for r in rows}["bf16"]
     print(f"{'variant':<14}{'perplexity':>12}{'Δ vs bf16':>11}{'tok/s c1':>10}{'tok/s c8':>10}{'c8 vs bf16':>12}")
     for r in rows:
@@ -99,7 +106,8 @@ def main() -> None:
         r["speed_ratio_c8_vs_bf16"] = r["tps_c8"] / ref["tps_c8"]
         print(f"{r['variant']:<14}{r['perplexity']:>12.3f}{r['perplexity_delta_vs_bf16']:>+11.3f}"
               f"{r['tps_c1']:>10.1f}{r['tps_c8']:>10.1f}{r['speed_ratio_c8_vs_bf16']:>11.2f}x")
-    out = args.out or (RESULTS.with_name("transformers_quant.quick.json") if args.quick else RESULTS)
+    name = RESULTS.stem + ("-cuda" if args.device == "cuda" else "") + (".quick" if args.quick else "") + ".json"
+    out = args.out or RESULTS.with_name(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"base": args.base, "runs": runs, "max_tokens": max_tokens, "threads": 2,
                                "machine": describe(threads=2), "rows": rows},
