@@ -52,7 +52,9 @@ def pack(model: Any, *, hint: int = HINT) -> int:
         logger.info("not packing the model's weights for oneDNN: %s", reason)
         return 0
     todo = []
-    for parent in model.modules():
+    for path, parent in model.named_modules():
+        if any(part.startswith("lora_") for part in path.split(".")):
+            continue  # LoRA's own matrices (lora_A.NAME, lora_B.NAME) stay plain
         for name, child in parent.named_children():
             if type(child) is torch.nn.Linear and not name.startswith("lora_") and child.weight.dtype == torch.bfloat16:
                 todo.append((parent, name, child))

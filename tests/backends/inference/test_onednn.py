@@ -91,3 +91,14 @@ async def test_adapters_by_name_pack_their_base_layers_and_still_differ(
     assert len({a, b, base}) == 3
     assert text_of(await collect(backend, max_tokens=16, temperature=0, adapter="a")) == a
 
+
+
+def test_lora_matrices_stay_plain_even_in_bf16(tiny_model_dir: Path, lora_adapter_dir: Path) -> None:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_bf16(tiny_model_dir), lora_adapter_dir).to(torch.bfloat16)
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert q_proj.lora_A["default"].weight.dtype == torch.bfloat16  # so only the path tells them apart
+    onednn.pack(model)
+    assert isinstance(q_proj.base_layer, onednn.PackedLinear)
+    assert type(q_proj.lora_A["default"]) is torch.nn.Linear and type(q_proj.lora_B["default"]) is torch.nn.Linear
