@@ -114,8 +114,11 @@ def test_sigterm_lets_the_stream_finish_refuses_new_requests_and_exits_0(upstrea
 def test_two_workers_answer_and_metrics_count_both(upstream: str, tmp_path: Path) -> None:
     proc, url = gateway(upstream, tmp_path, "--workers", "2")
     try:
-        children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == proc.pid]
-        assert len([c for c in children if b"spawn_main" in (c / "cmdline").read_bytes()]) == 2
+        # /readyz answers once one worker is up; the supervisor may still be starting the other
+        deadline = time.monotonic() + 60
+        while len(workers := _spawned_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(workers) == 2
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
             for i in range(12):
                 with httpx.Client(base_url=url, headers=http.headers, timeout=30) as fresh:  # new connections
@@ -128,6 +131,18 @@ def test_two_workers_answer_and_metrics_count_both(upstream: str, tmp_path: Path
         assert proc.wait(30) == 0
     finally:
         stop(proc)
+
+
+def _spawned_children(pid: int) -> list[Path]:
+    """The /proc entries of ``pid``'s children started by multiprocessing's spawn (uvicorn's workers)."""
+    found = []
+    for child in (p for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid):
+        try:
+            if b"spawn_main" in (child / "cmdline").read_bytes():
+                found.append(child)
+        except OSError:  # it has exited meanwhile
+            pass
+    return found
 
 
 def _ppid(proc_dir: Path) -> int | None:
