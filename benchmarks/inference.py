@@ -242,7 +242,7 @@ async def stream_one(http, text: str, max_tokens: int) -> tuple[float, float, in
 
 async def closed_loop(http, long_text: str, sizes: Sizes, reply_s: float) -> list[float]:
     """Time to first token under a steady load of ``ttft_concurrency`` clients, each sending
-    ``CLOSED_LOOP_REQUESTS`` 256-token prompts one after another.
+    ``CLOSED_LOOP_REQUESTS`` prompts of ``long_text`` (256 tokens) one after another.
 
     The burst above sends every request at the same instant, so its last first token waits for
     every prompt's prefill. Here the clients start ``reply_s / clients`` apart (``reply_s``: how long

@@ -56,7 +56,7 @@ def pack(model: Any, *, hint: int = HINT) -> int:
         if any(part.startswith("lora_") for part in path.split(".")):
             continue  # LoRA's own matrices (lora_A.NAME, lora_B.NAME) stay plain
         for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear and not name.startswith("lora_") and child.weight.dtype == torch.bfloat16:
+            if type(child) is torch.nn.Linear and child.weight.dtype == torch.bfloat16:
                 todo.append((parent, name, child))
     for parent, name, child in todo:
         setattr(parent, name, PackedLinear(child, hint=hint))

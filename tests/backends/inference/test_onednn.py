@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from changjak.backends.inference import onednn
 from changjak.backends.inference.transformers import TransformersBackend
 from tests.backends.inference.contract import BackendContract
 from tests.backends.inference.test_transformers import collect, text_of
 
-torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.anyio
 if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
     pytest.skip("this CPU has no bf16 kernels in oneDNN: nothing is packed here", allow_module_level=True)
